@@ -1,0 +1,42 @@
+# The two fresh-machine commands (see README): `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup setup-test system-deps toolchains demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the tests drive for real: Mosquitto (broker), Chromium (browser bundle), Node (TF.js).
+system-deps:
+	bash scripts/system-deps.sh
+
+# Isolated converter environments, cached under $${EDGEKIT_HOME:-~/.cache/edgekit}/toolchains.
+toolchains: setup
+	$(BIN)/edgekit toolchain install all
+
+setup-test: setup system-deps toolchains
+
+demo: setup toolchains
+	$(BIN)/edgekit demo
+
+test: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup toolchains
+	$(BIN)/python bench/convert.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""The edge agent daemon. Must never import tensorflow, torch or coremltools."""

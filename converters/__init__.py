@@ -1,0 +1,1 @@
+"""ONNX-centred conversion pipeline: import, optimize, quantize, export per target, validate, report."""

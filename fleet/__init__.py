@@ -1,0 +1,1 @@
+"""The fleet server: registry, devices, signed manifests over MQTT, staged rollouts."""

@@ -1,0 +1,1 @@
+"""Deployment targets: profiles, runtime adapters that run artifacts, bundle templates."""

@@ -1,0 +1,1 @@
+"""Runtime adapters: load an artifact, run it on numpy inputs. Shared by converter validation and the agent."""
