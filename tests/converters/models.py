@@ -1,0 +1,109 @@
+"""Small real models trained on scikit-learn's bundled digits set (no downloads).
+
+DigitsCNN is the bundled sample (edgekit/samples); MobileNetish has depthwise-separable blocks,
+batch norm and ReLU6 like MobileNet, at a size that converts in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def digits_data(seed: int = 0, size: int = 8):
+    """(x_train, y_train, x_test, y_test), float32 NCHW scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]
+    if size != 8:
+        reps = size // 8
+        x = x.repeat(reps, axis=2).repeat(reps, axis=3)
+    y = d.target.astype(np.int64)
+    return train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+
+
+def _nets():
+    import torch
+    from torch import nn
+
+    class DigitsCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            )
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    def dw_block(cin, cout, stride):
+        return nn.Sequential(
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU6(),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(),
+        )
+
+    class MobileNetish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+            self.blocks = nn.Sequential(dw_block(16, 32, 2), dw_block(32, 64, 2), dw_block(64, 64, 1))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+    return DigitsCNN, MobileNetish
+
+
+def train(kind: str = "cnn", epochs: int = 15, seed: int = 0, size: int = 8):
+    """Train and return (model in eval mode, test accuracy, (x_test, y_test), x_train)."""
+    import torch
+
+    torch.manual_seed(seed)
+    x_tr, x_te, y_tr, y_te = digits_data(seed, size)
+    DigitsCNN, MobileNetish = _nets()
+    model = DigitsCNN() if kind == "cnn" else MobileNetish()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
+    return model, acc, (x_te, y_te), x_tr
+
+
+def export_onnx(model, path: Path, size: int = 8) -> Path:
+    import torch
+
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, size, size),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+    )
+    return path
