@@ -1,0 +1,207 @@
+"""The inference engine: the Python API and what the HTTP server calls.
+
+    engine = Engine(registry, cloud=CloudClient("http://cloud:8000"), policies={"digits": Policy()})
+    result = engine.infer("digits", {"input": x})
+    result.outputs, result.served_by, result.model_version, result.fallback_reason
+
+Synchronous and thread-safe: the server runs it in its thread pool, in-process callers call it
+directly (no event loop or HTTP on the hot path, so it costs about what session.run costs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent import fallback as fb
+from agent.breaker import CLOSED
+from agent.cloud import HTTP_ERROR, CloudClient, CloudError
+from agent.metrics import Metrics
+from agent.models import LoadedModel, ModelRegistry
+from agent.oip import OIPError
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+CLOUD = "cloud"
+
+
+@dataclass
+class InferResult:
+    model_name: str
+    outputs: dict[str, np.ndarray]
+    served_by: str
+    model_version: str | None
+    fallback_reason: str | None = None
+    detail: str | None = None  # why the fallback itself failed, when it did
+
+    def parameters(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"served_by": self.served_by, "model_version": self.model_version or ""}
+        if self.fallback_reason:
+            p["fallback_reason"] = self.fallback_reason
+        if self.detail:
+            p["fallback_error"] = self.detail
+        return p
+
+
+class Engine:
+    def __init__(
+        self,
+        registry: ModelRegistry | None = None,
+        cloud: CloudClient | None = None,
+        policies: dict[str, fb.Policy] | None = None,
+        default_policy: fb.Policy | None = None,
+        metrics: Metrics | None = None,
+    ):
+        self.registry = registry or ModelRegistry()
+        self.cloud = cloud
+        self.policies = dict(policies or {})
+        self.default_policy = default_policy or fb.Policy()
+        self.metrics = metrics or Metrics()
+        # Only used for local deadlines: the waiting thread gives up, the worker finishes in the
+        # background (a C++ session.run cannot be interrupted).
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgekit-local")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.cloud:
+            self.cloud.close()
+
+    def policy(self, name: str) -> fb.Policy:
+        return self.policies.get(name, self.default_policy)
+
+    # ------------------------------------------------------------------------------------------
+    def infer(self, name: str, feeds: dict[str, np.ndarray]) -> InferResult:
+        t0 = time.perf_counter()
+        try:
+            result = self._route(name, feeds)
+        except OIPError as e:
+            self.metrics.requests.inc(name, "none", f"error_{e.status}")
+            raise
+        self.metrics.requests.inc(name, result.served_by, "ok")
+        self.metrics.latency.observe(name, result.served_by, value=time.perf_counter() - t0)
+        if result.fallback_reason:
+            self.metrics.fallbacks.inc(name, result.fallback_reason)
+        return result
+
+    def _route(self, name: str, feeds: dict[str, np.ndarray]) -> InferResult:
+        pol = self.policy(name)
+        model = self.registry.get(name)  # one lookup: a hot swap after this point does not affect us
+        if pol.mode == fb.LOCAL_ONLY or (pol.mode == fb.LOCAL_FIRST and self.cloud is None):
+            if model is None:
+                raise OIPError(404, f"unknown model {name!r}")
+            model.validate(feeds)
+            try:
+                return self._local_result(model, model.run(feeds), None)
+            except OIPError:
+                raise
+            except Exception as e:
+                raise OIPError(500, f"local inference failed: {e}") from e
+        if pol.mode == fb.CLOUD_ONLY:
+            try:
+                return self._cloud(name, feeds, pol, reason=None)
+            except CloudError as e:
+                raise OIPError(
+                    503, f"model {name!r} is cloud-only and the cloud is unavailable: {e.message}"
+                ) from e
+        if pol.mode == fb.CLOUD_FIRST:
+            return self._cloud_first(name, model, feeds, pol)
+        return self._local_first(name, model, feeds, pol)
+
+    @staticmethod
+    def _local_result(
+        model: LoadedModel, outputs, reason: str | None, detail: str | None = None
+    ) -> InferResult:
+        return InferResult(model.name, outputs, LOCAL, model.version, reason, detail)
+
+    def _cloud(self, name: str, feeds, pol: fb.Policy, reason: str | None) -> InferResult:
+        if self.cloud is None:
+            raise OIPError(503, f"model {name!r} needs the cloud endpoint but none is configured")
+        deadline = pol.cloud_deadline_ms / 1000 if pol.cloud_deadline_ms else None
+        try:
+            r = self.cloud.infer(pol.cloud_model or name, feeds, deadline=deadline)
+        except CloudError as e:
+            if e.kind == HTTP_ERROR and e.status is not None and 400 <= e.status < 500:
+                raise OIPError(e.status, f"cloud: {e.message}") from e
+            raise
+        finally:
+            self._breaker_metric()
+        return InferResult(name, r.outputs, CLOUD, r.model_version, reason)
+
+    def _breaker_metric(self) -> None:
+        if self.cloud is not None:
+            self.metrics.breaker_state.set(value=0 if self.cloud.breaker.state == CLOSED else 1)
+
+    def _local_first(self, name: str, model: LoadedModel | None, feeds, pol: fb.Policy) -> InferResult:
+        if model is None:
+            return self._cloud_or_503(
+                name, feeds, pol, fb.MISSING_MODEL, f"model {name!r} is not loaded locally"
+            )
+        model.validate(feeds)  # a malformed request is the client's error: the cloud would refuse it too
+        future = None
+        try:
+            if pol.local_deadline_ms:
+                future = self._pool.submit(model.run, feeds)
+                outputs = future.result(timeout=pol.local_deadline_ms / 1000)
+            else:
+                outputs = model.run(feeds)
+        except FutureTimeout:
+            try:
+                return self._cloud(name, feeds, pol, fb.DEADLINE)
+            except CloudError as e:
+                # The cloud cannot help either: the late local answer beats no answer.
+                assert future is not None
+                return self._local_result(model, future.result(), fb.DEADLINE, e.message)
+        except Exception as e:
+            log.warning("local inference of %s failed: %s", name, e)
+            return self._cloud_or_503(name, feeds, pol, fb.LOCAL_ERROR, f"local inference failed: {e}")
+        if pol.confidence_threshold is not None and model.is_classifier:
+            key = pol.scores_output or model.outputs[0].name
+            conf = fb.top1_confidence(outputs[key])
+            if conf < pol.confidence_threshold:
+                try:
+                    return self._cloud(name, feeds, pol, fb.LOW_CONFIDENCE)
+                except CloudError as e:
+                    return self._local_result(model, outputs, fb.LOW_CONFIDENCE, e.message)
+        return self._local_result(model, outputs, None)
+
+    def _cloud_or_503(self, name: str, feeds, pol: fb.Policy, reason: str, why: str) -> InferResult:
+        try:
+            return self._cloud(name, feeds, pol, reason)
+        except CloudError as e:
+            raise OIPError(503, f"{why}; cloud fallback failed: {e.message}") from e
+
+    def _cloud_first(self, name: str, model: LoadedModel | None, feeds, pol: fb.Policy) -> InferResult:
+        try:
+            return self._cloud(name, feeds, pol, None)
+        except CloudError as e:
+            if model is None:
+                raise OIPError(
+                    503, f"cloud unavailable ({e.message}) and model {name!r} not loaded locally"
+                ) from e
+            model.validate(feeds)
+            try:
+                outputs = model.run(feeds)
+            except Exception as le:
+                raise OIPError(503, f"cloud unavailable ({e.message}); local inference failed: {le}") from le
+            return self._local_result(model, outputs, e.kind)
+
+    # model metadata for the server ------------------------------------------------------------
+    def knows(self, name: str) -> bool:
+        """Could a request for `name` be answered by anyone (local model, or a cloud we may ask)?"""
+        if self.registry.get(name) is not None:
+            return True
+        pol = self.policy(name)
+        return self.cloud is not None and pol.mode != fb.LOCAL_ONLY
+
+    def ready(self, name: str) -> bool:
+        pol = self.policy(name)
+        if self.registry.get(name) is not None and pol.mode != fb.CLOUD_ONLY:
+            return True
+        return self.cloud is not None and pol.mode != fb.LOCAL_ONLY and self.cloud.breaker.state == CLOSED

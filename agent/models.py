@@ -1,0 +1,126 @@
+"""Loaded models and the name -> model table the server reads.
+
+Hot swap is a reference swap: a request looks its model up once and keeps that object until it
+answers, so an update replacing the entry never pulls a runtime out from under a running
+request; the old runtime is freed when its last request drops the reference.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.oip import OIPError, datatype_of
+from edgekit.modelcard import ModelCard, TensorSpec
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    runtime: Any  # targets.runtimes.base.Runtime
+    path: Path | None = None
+    sha256: str | None = None
+    card: ModelCard | None = None
+    loaded_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.runtime.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.runtime.outputs
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.card is None or self.card.task == "classification"
+
+    def validate(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names, dtypes and shapes against the model; raise OIPError(400) naming the problem."""
+        expected = {s.name: s for s in self.inputs}
+        unknown = [n for n in feeds if n not in expected]
+        if unknown:
+            raise OIPError(400, f"unknown input(s) {unknown}; model {self.name!r} takes {list(expected)}")
+        missing = [n for n in expected if n not in feeds]
+        if missing:
+            raise OIPError(400, f"missing input(s) {missing} for model {self.name!r}")
+        for name, spec in expected.items():
+            arr = feeds[name]
+            if arr.dtype != np.dtype(spec.dtype):
+                got, want = datatype_of(arr.dtype), datatype_of(spec.dtype)
+                raise OIPError(400, f"input {name!r}: datatype {got}, model expects {want}")
+            if not spec.accepts(tuple(arr.shape)):
+                raise OIPError(400, f"input {name!r}: shape {list(arr.shape)}, model expects {spec.shape}")
+        return feeds
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runtime.run(feeds)
+
+    def metadata(self) -> dict[str, Any]:
+        def t(s: TensorSpec) -> dict[str, Any]:
+            return {
+                "name": s.name,
+                "datatype": datatype_of(s.dtype),
+                "shape": [d if isinstance(d, int) and d > 0 else -1 for d in s.shape],
+            }
+
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": getattr(self.runtime, "name", "unknown"),
+            "inputs": [t(s) for s in self.inputs],
+            "outputs": [t(s) for s in self.outputs],
+        }
+
+
+def load_model(
+    name: str,
+    path: str | Path,
+    version: str = "1",
+    *,
+    card: ModelCard | None = None,
+    sha256: str | None = None,
+    threads: int | None = None,
+) -> LoadedModel:
+    import time
+
+    from targets.runtimes.base import open_runtime
+
+    runtime = open_runtime(path, threads=threads)
+    return LoadedModel(name, str(version), runtime, Path(path), sha256, card, time.time())
+
+
+class ModelRegistry:
+    def __init__(self) -> None:
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()  # serializes writers; readers only do one dict lookup
+
+    def get(self, name: str) -> LoadedModel | None:
+        return self._models.get(name)
+
+    def put(self, model: LoadedModel) -> LoadedModel | None:
+        with self._lock:
+            old = self._models.get(model.name)
+            models = dict(self._models)
+            models[model.name] = model
+            self._models = models  # one reference assignment: readers see old or new table
+            return old
+
+    def remove(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            models = dict(self._models)
+            old = models.pop(name, None)
+            self._models = models
+            return old
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def all(self) -> list[LoadedModel]:
+        return list(self._models.values())

@@ -1,0 +1,56 @@
+"""`edgekit serve`: the OIP server on plain model files, no store, no MQTT, local-only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent import fallback as fb
+from agent.engine import Engine
+from agent.models import ModelRegistry, load_model
+from agent.server import build_app
+from edgekit.errors import ConfigError
+from edgekit.modelcard import ModelCard
+
+log = logging.getLogger(__name__)
+
+
+def _card_for(path: Path) -> ModelCard | None:
+    # A model card travels next to each artifact as <stem>.card.json or modelcard.json.
+    for c in (path.with_suffix(".card.json"), path.parent / "modelcard.json"):
+        if c.is_file():
+            try:
+                return ModelCard.load(c)
+            except (ValueError, TypeError, KeyError):
+                log.warning("ignoring unreadable model card %s", c)
+    return None
+
+
+def build_engine(paths: list[Path], names: list[str] | None, version: str, threads: int | None) -> Engine:
+    if names and len(names) != len(paths):
+        raise ConfigError(f"{len(names)} --name for {len(paths)} model files")
+    registry = ModelRegistry()
+    for i, p in enumerate(paths):
+        if not Path(p).is_file():
+            raise ConfigError(f"model file not found: {p}")
+        name = names[i] if names else Path(p).stem
+        registry.put(load_model(name, p, version, card=_card_for(Path(p)), threads=threads))
+    return Engine(registry, default_policy=fb.Policy(mode=fb.LOCAL_ONLY))
+
+
+def serve_files(
+    paths: list[Path],
+    *,
+    names: list[str] | None,
+    host: str,
+    port: int,
+    version: str = "1",
+    threads: int | None = None,
+    max_body: int,
+) -> None:
+    import uvicorn
+
+    engine = build_engine(paths, names, version, threads)
+    app = build_app(engine, max_body=max_body)
+    print(f"edgekit serve: {', '.join(engine.registry.names())} on http://{host}:{port}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")

@@ -1,0 +1,111 @@
+"""Durable per-model update state machine.
+
+  idle -> downloading -> verifying -> staged -> smoke_tested -> active
+  any in-progress state -> failed -> rolled_back
+
+Every transition is written (fsync + rename) *before* it is reported, so after kill -9 or a
+power loss the file says exactly how far an update got; `resume_action` turns that into what a
+restart must do: resume the download, re-verify, or redo the (idempotent) smoke test and swap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.durable import atomic_write_json, read_json
+
+IDLE = "idle"
+DOWNLOADING = "downloading"
+VERIFYING = "verifying"
+STAGED = "staged"
+SMOKE_TESTED = "smoke_tested"
+ACTIVE = "active"
+FAILED = "failed"
+ROLLED_BACK = "rolled_back"
+
+STATES = (IDLE, DOWNLOADING, VERIFYING, STAGED, SMOKE_TESTED, ACTIVE, FAILED, ROLLED_BACK)
+IN_PROGRESS = frozenset({DOWNLOADING, VERIFYING, STAGED, SMOKE_TESTED})
+TERMINAL = frozenset({IDLE, ACTIVE, ROLLED_BACK})
+
+_ALLOWED: dict[str, frozenset[str]] = {
+    IDLE: frozenset({DOWNLOADING}),
+    DOWNLOADING: frozenset({DOWNLOADING, VERIFYING, FAILED}),
+    VERIFYING: frozenset({VERIFYING, STAGED, FAILED}),
+    STAGED: frozenset({STAGED, SMOKE_TESTED, FAILED}),
+    SMOKE_TESTED: frozenset({SMOKE_TESTED, ACTIVE, FAILED}),
+    ACTIVE: frozenset({DOWNLOADING}),
+    FAILED: frozenset({ROLLED_BACK}),
+    ROLLED_BACK: frozenset({DOWNLOADING}),
+}
+
+
+class TransitionError(RuntimeError):
+    pass
+
+
+@dataclass
+class ModelState:
+    model: str
+    state: str = IDLE
+    version: str | None = None  # the version being installed (or installed, when active)
+    sequence: int = 0
+    manifest: dict[str, Any] | None = None  # the signed document being applied (for resume)
+    reason: str | None = None
+    detail: str | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelState:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class StateStore:
+    """One JSON file per model under `root`; thread-safe."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def _file(self, model: str) -> Path:
+        return self.root / f"{model}.json"
+
+    def get(self, model: str) -> ModelState:
+        data = read_json(self._file(model))
+        return ModelState.from_dict(data) if data else ModelState(model=model)
+
+    def all(self) -> list[ModelState]:
+        return [self.get(p.stem) for p in sorted(self.root.glob("*.json"))]
+
+    def transition(self, model: str, new: str, **changes: Any) -> ModelState:
+        if new not in STATES:
+            raise TransitionError(f"unknown state {new!r}")
+        with self._lock:
+            st = self.get(model)
+            if new not in _ALLOWED[st.state]:
+                raise TransitionError(f"{model}: {st.state} -> {new} is not a valid transition")
+            st.state = new
+            if new not in (FAILED, ROLLED_BACK):
+                st.reason = st.detail = None
+            for k, v in changes.items():
+                setattr(st, k, v)
+            st.updated_at = time.time()
+            atomic_write_json(self._file(model), asdict(st))
+            return st
+
+    def last_accepted_sequence(self, model: str) -> int:
+        return self.get(model).sequence
+
+
+def resume_action(st: ModelState) -> str | None:
+    """What a restart must do for a model found in `st`: None, "resume" or "rollback"."""
+    if st.state in IN_PROGRESS:
+        return "resume" if st.manifest else "rollback"
+    if st.state == FAILED:
+        return "rollback"  # crashed between failed and rolled_back: finish the rollback
+    return None

@@ -1,0 +1,152 @@
+"""Content-addressed model store with an atomically swapped pointer per model.
+
+Layout under `root`:
+  blobs/<sha256><ext>          verified artifacts, immutable, named by their digest
+  incoming/<sha256><ext>.part  downloads in progress (never loaded)
+  models/<name>/pointer.json   {"active": entry, "previous": entry}; replaced atomically
+
+A blob only enters `blobs/` after its size and sha256 were checked, so whatever a pointer names
+is whole. Activation rewrites one small JSON file with os.replace: a crash leaves the old or the
+new pointer, never a mix. The previous entry is kept so rollback is one more pointer write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.durable import atomic_write_json, fsync_dir, read_json
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Entry:
+    """One installed model version, as named by a pointer."""
+
+    version: str
+    sha256: str
+    format: str  # "onnx" | "tflite" | "ort"
+    sequence: int = 0
+    card: dict[str, Any] | None = None
+    smoke: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def suffix(self) -> str:
+        return "." + self.format
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Entry | None:
+        if not d:
+            return None
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class ModelStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.incoming = self.root / "incoming"
+        self.models = self.root / "models"
+        for d in (self.blobs, self.incoming, self.models):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    # blobs ---------------------------------------------------------------------------------
+    def blob_path(self, sha256: str, fmt: str) -> Path:
+        return self.blobs / f"{sha256}.{fmt}"
+
+    def part_path(self, sha256: str, fmt: str) -> Path:
+        return self.incoming / f"{sha256}.{fmt}.part"
+
+    def has_blob(self, sha256: str, fmt: str, size: int | None = None) -> bool:
+        p = self.blob_path(sha256, fmt)
+        return p.is_file() and (size is None or p.stat().st_size == size)
+
+    def commit_blob(self, part: Path, sha256: str, fmt: str) -> Path:
+        """Move a verified `.part` into the blob store (caller has checked size + sha256)."""
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
+        dest = self.blob_path(sha256, fmt)
+        os.replace(part, dest)
+        fsync_dir(self.blobs)
+        return dest
+
+    def add_file(self, src: Path, fmt: str | None = None) -> tuple[str, Path]:
+        """Copy a local file into the store (used for models installed from config)."""
+        src = Path(src)
+        fmt = fmt or src.suffix.lstrip(".")
+        digest = sha256_file(src)
+        if not self.has_blob(digest, fmt):
+            part = self.part_path(digest, fmt)
+            shutil.copyfile(src, part)
+            self.commit_blob(part, digest, fmt)
+        return digest, self.blob_path(digest, fmt)
+
+    # pointers ------------------------------------------------------------------------------
+    def _pointer_file(self, name: str) -> Path:
+        return self.models / name / "pointer.json"
+
+    def pointer(self, name: str) -> tuple[Entry | None, Entry | None]:
+        data = read_json(self._pointer_file(name), {}) or {}
+        return Entry.from_dict(data.get("active")), Entry.from_dict(data.get("previous"))
+
+    def active(self, name: str) -> Entry | None:
+        return self.pointer(name)[0]
+
+    def model_names(self) -> list[str]:
+        return sorted(p.parent.name for p in self.models.glob("*/pointer.json"))
+
+    def activate(self, name: str, entry: Entry) -> None:
+        """Point `name` at `entry`; the old active becomes `previous`. Idempotent."""
+        if not self.has_blob(entry.sha256, entry.format):
+            raise FileNotFoundError(f"blob {entry.sha256}{entry.suffix} is not in the store")
+        with self._lock:
+            active, _previous = self.pointer(name)
+            if active and active.sha256 == entry.sha256 and active.version == entry.version:
+                return  # already active (e.g. resuming after a crash right after the swap)
+            atomic_write_json(
+                self._pointer_file(name),
+                {"active": asdict(entry), "previous": asdict(active) if active else None},
+            )
+
+    def rollback(self, name: str) -> Entry | None:
+        """Make `previous` active again. Returns the entry now active (None if there was none)."""
+        with self._lock:
+            active, previous = self.pointer(name)
+            if previous is None:
+                return active
+            atomic_write_json(
+                self._pointer_file(name),
+                {"active": asdict(previous), "previous": asdict(active) if active else None},
+            )
+            return previous
+
+    def gc(self, keep: set[str] | None = None) -> list[Path]:
+        """Delete blobs no pointer names (and stale parts not in `keep`)."""
+        referenced = set(keep or ())
+        for name in self.model_names():
+            for e in self.pointer(name):
+                if e:
+                    referenced.add(e.sha256)
+        removed = []
+        for p in [*self.blobs.iterdir(), *self.incoming.iterdir()]:
+            if p.name.split(".")[0] not in referenced:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        return removed
