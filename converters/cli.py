@@ -1,9 +1,154 @@
-"""CLI commands of this package (registered on the root `edgekit` app)."""
+"""`edgekit convert` and `edgekit toolchain ...`."""
 
 from __future__ import annotations
 
+import json
+from enum import Enum
+from pathlib import Path
+
 import typer
+from rich.console import Console
+
+from converters import formats
+
+toolchain_app = typer.Typer(
+    help="Install and list the isolated converter environments (TFLite/TF.js: onnx2tf + TensorFlow; "
+    "Core ML: coremltools + torch). They never touch your own Python environment.",
+    no_args_is_help=True,
+)
+
+Target = Enum("Target", {t: t for t in formats.TARGETS}, type=str)  # type: ignore[misc]
+Mode = Enum("Mode", {m: m for m in formats.ALL_MODES}, type=str)  # type: ignore[misc]
+
+
+def _modes_help() -> str:
+    lines = []
+    for t, f in formats.TARGETS.items():
+        lines.append(f"{t}: " + ", ".join(f"{m}={p.label}" for m, p in f.modes.items()))
+    return "; ".join(lines)
+
+
+def convert(
+    model: str = typer.Argument(
+        ..., help="An .onnx file, a .keras/.h5 file or SavedModel dir, or sample:digits."
+    ),
+    target: list[Target] = typer.Option(
+        None, "--target", "-t", help="Export target; repeat for several. Default: all four."
+    ),
+    quantize: list[Mode] = typer.Option(
+        None,
+        "--quantize",
+        "-q",
+        help=f"Precision mode; repeat for several. Default: none (fp32). {_modes_help()}.",
+    ),
+    profile: str | None = typer.Option(
+        None, "--profile", help="A device profile (see `edgekit targets list`)."
+    ),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help=".npz keyed by input names; required for int8 (static)."
+    ),
+    eval_data: Path | None = typer.Option(
+        None, "--eval", help=".npz keyed by input names plus 'labels': top-1 for every artifact."
+    ),
+    max_drop: float | None = typer.Option(
+        None, "--max-drop", help="Fail (exit 1) when an artifact's top-1 drops more than this many points."
+    ),
+    layout: str = typer.Option(
+        "nchw", "--layout", help="TFLite/TF.js input layout: nchw (as the ONNX) or nhwc."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Model name for the card (default: file stem)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Text file, one class label per line."),
+    out: Path = typer.Option(Path("edgekit-out"), "--out", "-o", help="Output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+) -> None:
+    """Quantize and export MODEL to ONNX, TFLite, Core ML and TF.js, validating every artifact in its own runtime.
+
+    Writes OUT/<target>/..., OUT/model_card.json and OUT/report.json. Exit code 1 when any artifact
+    failed, did not match the fp32 reference within its bound, or dropped more than --max-drop.
+    """
+    from converters.pipeline import convert as run
+    from converters.report import print_table
+
+    targets = [t.value for t in target] if target else None
+    modes = [m.value for m in quantize] if quantize else None
+    chosen_by = {}
+    if profile:
+        from targets.profiles import resolve_profile
+
+        targets, modes, chosen_by = resolve_profile(profile, targets, modes)
+    report = run(
+        model,
+        targets=targets or list(formats.TARGETS),
+        modes=modes or ["none"],
+        out=out,
+        calibration=calibration,
+        eval_data=eval_data,
+        max_drop=max_drop,
+        layout=layout,
+        name=name,
+        labels=labels.read_text().split() if labels else None,
+        chosen_by=chosen_by,
+        profile=profile,
+        progress=not as_json,
+    )
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_table(report, Console(width=max(Console().width, 150)))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@toolchain_app.command("install")
+def toolchain_install(
+    names: list[str] = typer.Argument(
+        ..., help="tflite, tfjs, coreml or all (tflite and tfjs share one env)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if installed."),
+) -> None:
+    """Build toolchain environments from the lock files shipped with edgekit (cached; needs the package index once)."""
+    from converters.toolchains import manager
+
+    wanted = (
+        list(manager.TOOLCHAINS)
+        if "all" in names
+        else list(dict.fromkeys(manager.resolve(n).name for n in names))
+    )
+    console = Console(stderr=True)
+    for n in wanted:
+        tc = manager.resolve(n)
+        if tc.installed() and not force:
+            console.print(f"{n}: already installed at {tc.root}")
+            continue
+        with console.status(f"installing {n} toolchain ({tc.description})"):
+            manager.install(n, force=force)
+        console.print(f"{n}: installed at {tc.root}")
+
+
+@toolchain_app.command("list")
+def toolchain_list(as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
+    """Show each toolchain, what it provides, and whether it is installed."""
+    from rich.table import Table
+
+    from converters.toolchains import manager
+
+    rows = manager.status()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for col in ("name", "provides", "installed", "path"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"],
+            ", ".join(r["provides"]),
+            "yes" if r["installed"] else "no: edgekit toolchain install " + r["name"],
+            r["path"],
+        )
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("convert")(convert)
+    app.add_typer(toolchain_app, name="toolchain")

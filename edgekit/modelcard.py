@@ -33,7 +33,9 @@ class TensorSpec:
     def accepts(self, shape: tuple[int, ...]) -> bool:
         if len(shape) != len(self.shape):
             return False
-        return all(not (isinstance(d, int) and d > 0) or d == s for d, s in zip(self.shape, shape, strict=True))
+        return all(
+            not (isinstance(d, int) and d > 0) or d == s for d, s in zip(self.shape, shape, strict=True)
+        )
 
 
 @dataclass

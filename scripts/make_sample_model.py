@@ -1,6 +1,6 @@
 """Rebuild the bundled sample: a small CNN trained on scikit-learn's digits (needs torch, sklearn).
 
-    python scripts/make_sample_model.py   # writes edgekit/samples/digits_cnn.onnx + calib/eval npz
+python scripts/make_sample_model.py   # writes edgekit/samples/digits_cnn.onnx + calib/eval npz
 """
 
 from __future__ import annotations

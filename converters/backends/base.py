@@ -31,6 +31,7 @@ class ExportJob:
 class ExportResult:
     mode: str
     files: list[Path] = field(default_factory=list)  # main artifact first; all under job.out_dir
+    companions: list[Path] = field(default_factory=list)  # same model in another container (e.g. .ort)
     error: str | None = None  # set when this mode failed; other modes still count
     error_kind: str | None = None  # "unsupported_op" | "backend_crash" | ...
     simulated_outputs: Path | None = None  # npz of outputs on inputs_npz, for runtimes that cannot run here

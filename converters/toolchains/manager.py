@@ -98,7 +98,9 @@ def toolchains_dir() -> Path:
 def resolve(name: str) -> Toolchain:
     key = ALIASES.get(name, name)
     if key not in TOOLCHAINS:
-        raise EdgekitError(f"unknown toolchain {name!r}", hint=f"choose from {', '.join(sorted(ALIASES))}, all")
+        raise EdgekitError(
+            f"unknown toolchain {name!r}", hint=f"choose from {', '.join(sorted(ALIASES))}, all"
+        )
     return TOOLCHAINS[key]
 
 

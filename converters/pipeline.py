@@ -1,0 +1,387 @@
+"""The one shared conversion pipeline: source -> optimize -> per target (legalize, export, validate).
+
+Per-target work is delegated to backend plug-ins (converters/backends/); everything else —
+data checks, reference outputs, parity, accuracy gate, report — happens here once for all targets.
+One target failing never discards the others: every requested (target, mode) gets a report row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters import formats, validate
+from converters.backends.base import ExportJob, ExportResult
+from converters.card import build_card
+from converters.data import Dataset, load_npz
+from converters.legalize import legalize
+from converters.optimize import optimize
+from converters.report import DROP, FAILED, MISMATCH, OK, SKIPPED, ArtifactReport, FileEntry, Report
+from converters.sources import SAMPLES_DIR, load_source, sha256_file
+from edgekit import __version__
+from edgekit.errors import DataError, EdgekitError
+from edgekit.modelcard import ModelCard
+from targets.runtimes.base import open_runtime
+
+log = logging.getLogger(__name__)
+
+BACKENDS = {
+    "onnx": "converters.backends.onnx:OnnxBackend",
+    "tflite": "converters.backends.tflite:TFLiteBackend",
+    "tfjs": "converters.backends.tfjs:TfjsBackend",
+    "coreml": "converters.backends.coreml:CoreMLBackend",
+}
+# tflite before tfjs: the TF.js backend reuses the SavedModel onnx2tf wrote for TFLite.
+TARGET_ORDER = ("onnx", "tflite", "tfjs", "coreml")
+EVAL_LIMIT = 512  # samples used for parity when no eval set is given
+
+
+def _backend(target: str):
+    module, cls = BACKENDS[target].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def _check_request(targets: Sequence[str], modes: Sequence[str]) -> None:
+    unknown_t = [t for t in targets if t not in formats.TARGETS]
+    if unknown_t:
+        raise EdgekitError(f"unknown target(s) {unknown_t}", hint=f"choose from {', '.join(formats.TARGETS)}")
+    unknown_m = [m for m in modes if m not in formats.ALL_MODES]
+    if unknown_m:
+        raise EdgekitError(
+            f"unknown quantize mode(s) {unknown_m}", hint=f"choose from {', '.join(formats.ALL_MODES)}"
+        )
+    for m in modes:
+        if not any(formats.support(t, m)[0] for t in targets):
+            reasons = "; ".join(f"{t}: {formats.support(t, m)[1]}" for t in targets)
+            raise EdgekitError(f"no requested target supports --quantize {m} ({reasons})")
+
+
+def tree_digest(path: Path) -> str:
+    """sha256 of a file, or of a directory's sorted (relative path, file sha256) list."""
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _file_entries(files: Iterable[Path], out: Path) -> list[FileEntry]:
+    entries = []
+    for f in files:
+        for p in [f] if f.is_file() else sorted(x for x in f.rglob("*") if x.is_file()):
+            entries.append(FileEntry(p.relative_to(out).as_posix(), p.stat().st_size, sha256_file(p)))
+    return entries
+
+
+class _Progress:
+    """A rich progress line on a terminal, nothing otherwise (e.g. --json or CI logs)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._p = None
+        self._task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._p.__enter__()
+            self._task = self._p.add_task("starting", total=None)
+        return self
+
+    def step(self, text: str) -> None:
+        log.info(text)
+        if self._p is not None:
+            self._p.update(self._task, description=text)
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+
+def convert(
+    model: Any,
+    targets: Sequence[str] = ("onnx",),
+    modes: Sequence[str] = ("none",),
+    out: str | Path = "edgekit-out",
+    calibration: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    max_drop: float | None = None,
+    example_inputs: Any = None,
+    layout: str = "nchw",
+    name: str | None = None,
+    labels: list[str] | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    chosen_by: dict[tuple[str, str], str] | None = None,
+    profile: str | None = None,
+    progress: bool = False,
+) -> Report:
+    """Convert `model` to every (target, mode) asked for, validate each, write DIR/report.json.
+
+    `model`: an .onnx path, `sample:digits`, a .keras/.h5/SavedModel path, a torch nn.Module
+    (with `example_inputs`) or a Keras model. Returns the report; `report.ok` is False when any
+    artifact failed, mismatched its reference, or dropped more than `max_drop` top-1 points.
+    """
+    targets = [t for t in TARGET_ORDER if t in set(targets)]
+    modes = list(dict.fromkeys(modes))
+    _check_request(targets, modes)
+    if layout not in ("nchw", "nhwc"):
+        raise EdgekitError(f"unknown layout {layout!r}", hint="choose nchw or nhwc")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".edgekit-work-", dir=out))
+    try:
+        with _Progress(progress) as prog:
+            return _run(
+                model,
+                targets,
+                modes,
+                out,
+                work,
+                prog,
+                calibration,
+                eval_data,
+                max_drop,
+                example_inputs,
+                layout,
+                name,
+                labels,
+                input_names,
+                output_names,
+                chosen_by or {},
+                profile,
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(
+    model,
+    targets,
+    modes,
+    out,
+    work,
+    prog,
+    calibration,
+    eval_data,
+    max_drop,
+    example_inputs,
+    layout,
+    name,
+    labels,
+    input_names,
+    output_names,
+    chosen_by,
+    profile,
+) -> Report:
+    prog.step("importing model")
+    source = load_source(model, work / "source", example_inputs, input_names, output_names)
+    prog.step("optimizing (shape inference, onnxslim)")
+    fp32 = work / "model.onnx"
+    opt_info = optimize(source.onnx_path, fp32)
+    card = build_card(fp32, source, name=name, labels=labels)
+    if source.sample:
+        calibration = calibration or SAMPLES_DIR / f"{source.sample.split('_')[0]}_calib.npz"
+        eval_data = eval_data or SAMPLES_DIR / f"{source.sample.split('_')[0]}_eval.npz"
+
+    calib = load_npz(calibration, card, "calibration") if calibration else None
+    needs_calib = [
+        t for t in targets for m in modes if m in formats.NEEDS_CALIBRATION and formats.support(t, m)[0]
+    ]
+    if needs_calib and calib is None:
+        raise DataError(
+            f"--quantize int8 needs calibration data for {', '.join(dict.fromkeys(needs_calib))}",
+            hint="pass --calibration CALIB.npz (arrays keyed by input name; ~200 representative samples)",
+        )
+    if max_drop is not None and eval_data is None:
+        raise DataError("--max-drop needs --eval EVAL.npz with a 'labels' array")
+    evaluation = (
+        load_npz(eval_data, card, "evaluation", need_labels=max_drop is not None) if eval_data else None
+    )
+    data = evaluation or (
+        calib.head(EVAL_LIMIT) if calib else Dataset(card.sample_inputs(batch=8), None, None)
+    )
+    inputs_npz = data.save(work / "inputs.npz")
+    calib_npz = calib.save(work / "calibration.npz") if calib else None
+
+    prog.step("fp32 reference (onnxruntime)")
+    ref_rt = open_runtime(source.onnx_path)
+    reference = validate.run_batched(ref_rt, data.inputs)
+    sample = {k: v[:1] for k, v in data.inputs.items()}
+    ref_info: dict[str, Any] = {
+        "runtime": "onnxruntime",
+        "latency_ms": validate.latency_ms(ref_rt, sample),
+        "samples": len(data),
+        "data": str(data.path) if data.path else "random (seeded)",
+    }
+    if data.labels is not None:
+        ref_info["top1"] = validate.top1(reference, data.labels)
+
+    rows: list[ArtifactReport] = []
+    for target in targets:
+        wanted = [m for m in modes if formats.support(target, m)[0]]
+        for m in modes:
+            ok, why = formats.support(target, m)
+            if not ok:
+                rows.append(ArtifactReport(target, m, m, SKIPPED, error=f"skipped: {why}"))
+        if not wanted:
+            continue
+        prog.step(f"{target}: converting ({', '.join(wanted)})")
+        results = _export_target(target, wanted, fp32, card, out, work, inputs_npz, calib_npz, layout)
+        for res in results:
+            prog.step(f"{target} {res.mode}: validating")
+            row = _validate(target, res, card, data, reference, ref_info, out)
+            row.chosen_by = chosen_by.get((target, res.mode), "flag")
+            rows.append(row)
+
+    if max_drop is not None:
+        for row in rows:
+            if row.status == OK and row.top1_drop_pts is not None and row.top1_drop_pts > max_drop:
+                row.status = DROP
+                row.error = f"top-1 drop {row.top1_drop_pts:.2f} pt exceeds --max-drop {max_drop}"
+
+    card.save(out / "model_card.json")
+    for target in targets:
+        if (out / target).is_dir():
+            card.save(out / target / "model_card.json")
+    report = Report(
+        model=card.name,
+        source=card.source,
+        out_dir=str(out),
+        reference=ref_info,
+        artifacts=rows,
+        max_drop=max_drop,
+        profile=profile,
+        edgekit_version=__version__,
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        optimize=opt_info,
+    )
+    report.save(out / "report.json")
+    return report
+
+
+def _export_target(
+    target, modes, fp32, card: ModelCard, out: Path, work: Path, inputs_npz, calib_npz, layout
+) -> list[ExportResult]:
+    target_dir = out / target
+    target_dir.mkdir(parents=True, exist_ok=True)
+    model_copy = work / f"{target}.onnx"
+    try:
+        passes = legalize(fp32, model_copy, target)
+        backend = _backend(target)
+        job = ExportJob(
+            target,
+            model_copy,
+            card,
+            modes,
+            target_dir,
+            inputs_npz,
+            calib_npz,
+            options={"layout": layout, "work_dir": str(work), "legalize": passes},
+        )
+        results = backend.export(job)
+    except EdgekitError as e:  # toolchain missing, backend crash: every mode of this target fails
+        return [ExportResult(m, error=str(e), error_kind=type(e).__name__) for m in modes]
+    except Exception as e:
+        log.debug("%s backend crashed", target, exc_info=True)
+        return [
+            ExportResult(m, error=f"{target}: {type(e).__name__}: {e}", error_kind="backend_crash")
+            for m in modes
+        ]
+    by_mode = {r.mode: r for r in results}
+    return [
+        by_mode.get(m) or ExportResult(m, error=f"{target}: backend produced nothing for {m}") for m in modes
+    ]
+
+
+def _open_for_validation(target: str, res: ExportResult, card: ModelCard):
+    runtime = formats.TARGETS[target].runtime
+    main = res.files[0]
+    if runtime == "tfjs-node":
+        from targets.runtimes.tfjs_node import TfjsNodeRuntime
+
+        from converters.toolchains.manager import require
+
+        return TfjsNodeRuntime(main, require("tfjs").node_modules)
+    if runtime == "litert":
+        from targets.runtimes.litert import LiteRTRuntime
+
+        return LiteRTRuntime(main, output_names=res.output_names or [o.name for o in card.outputs])
+    return open_runtime(main)
+
+
+def _validate(
+    target, res: ExportResult, card, data: Dataset, reference, ref_info, out: Path
+) -> ArtifactReport:
+    fmt = formats.TARGETS[target]
+    precision = fmt.modes[res.mode].label
+    row = ArtifactReport(
+        target,
+        res.mode,
+        precision,
+        FAILED,
+        runtime=fmt.runtime,
+        runtime_note=res.runtime_note,
+        convert_seconds=round(res.seconds, 3),
+        versions=res.versions,
+        checks=res.checks,
+    )
+    if not res.ok:
+        row.error = res.error or "no files produced"
+        return row
+    row.files = _file_entries(res.files, out)
+    row.bytes = sum(f.bytes for f in row.files)
+    row.sha256 = tree_digest(res.files[0])
+    try:
+        if res.simulated_outputs is not None:
+            npz = np.load(res.simulated_outputs)
+            got = {k: npz[k] for k in npz.files}
+        else:
+            rt = _open_for_validation(target, res, card)
+            got = validate.run_batched(rt, data.inputs)
+            bench = getattr(rt, "benchmark_ms", None)
+            sample = {k: v[:1] for k, v in data.inputs.items()}
+            row.latency_ms = bench(sample) if bench else validate.latency_ms(rt, sample)
+            row.versions = {**row.versions, **rt.versions()}
+        p = validate.parity(res.mode, reference, got)
+        for comp in res.companions:
+            # A companion (e.g. ORT format) must compute what the validated artifact computes.
+            alt = validate.run_batched(open_runtime(comp), data.inputs)
+            cp = validate.parity(res.mode, got, alt)
+            row.checks[f"companion:{comp.suffix}"] = {"max_abs_vs_artifact": cp.max_abs_err, "ok": cp.ok}
+            if not cp.ok:
+                raise ValueError(
+                    f"{comp.name} differs from {res.files[0].name}: max abs {cp.max_abs_err:.3g}"
+                )
+        row.companions = _file_entries(res.companions, out)
+    except Exception as e:
+        log.debug("validation of %s %s failed", target, res.mode, exc_info=True)
+        row.error = f"validation in {fmt.runtime} failed: {type(e).__name__}: {e}"
+        return row
+    row.max_abs_err, row.cosine, row.parity_bound = p.max_abs_err, p.cosine, p.bound
+    if data.labels is not None:
+        row.top1 = validate.top1(validate.align_outputs(reference, got), data.labels)
+        row.top1_drop_pts = round((ref_info["top1"] - row.top1) * 100.0, 3)
+    row.status = OK if p.ok else MISMATCH
+    if not p.ok:
+        row.error = f"outputs differ from the fp32 reference: cosine {p.cosine:.6f}, max abs {p.max_abs_err:.3g} ({p.bound})"
+    return row

@@ -1,0 +1,1 @@
+"""ONNX quantization: calibration data feeding (calibration.py) split from the quantizers (onnx.py)."""

@@ -1,0 +1,153 @@
+"""Turn whatever the user has into an ONNX file: the hub every target converts from.
+
+Accepted: an `.onnx` path; a Keras model or `.keras`/`.h5`/SavedModel path (tf2onnx, run in the
+tensorflow toolchain); a PyTorch `nn.Module` (torch.onnx export in the caller's environment,
+which has torch since it holds the module). Framework objects are recognised by their class's
+module, so torch and tensorflow are never imported unless the user passed one of their objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgekit.errors import EdgekitError, InvalidModelError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PREFIX = "sample:"
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "edgekit" / "samples"
+SAMPLES = {"digits": "digits_cnn"}
+
+
+@dataclass
+class Source:
+    onnx_path: Path  # a private copy inside the work dir
+    format: str  # "onnx" | "torch" | "keras"
+    origin: str  # what the user gave, for the model card
+    sha256: str  # of the original file (or of the exported ONNX for live objects)
+    name: str
+    sample: str | None = None  # bundled sample stem, when MODEL was sample:NAME
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _class_modules(obj: Any) -> list[str]:
+    return [c.__module__ for c in type(obj).__mro__]
+
+
+def is_torch_module(obj: Any) -> bool:
+    return any(m.startswith("torch.nn") for m in _class_modules(obj))
+
+
+def is_keras_model(obj: Any) -> bool:
+    return any(m.startswith(("keras", "tf_keras", "tensorflow.python.keras")) for m in _class_modules(obj))
+
+
+def check_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file, turning protobuf/checker failures into one clear error."""
+    if not path.exists():
+        raise InvalidModelError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # DecodeError for truncated files, others for garbage
+        raise InvalidModelError(
+            f"{path.name} is not a readable ONNX model (truncated or not ONNX): {type(e).__name__}: {e}"
+        ) from e
+    if not model.graph.node:
+        raise InvalidModelError(f"{path.name} has an empty graph (truncated or not an ONNX model)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        raise InvalidModelError(f"{path.name} fails the ONNX checker: {first}") from e
+    return model
+
+
+def load_source(
+    model: Any,
+    work_dir: Path,
+    example_inputs: Any = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+) -> Source:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    dest = work_dir / "source.onnx"
+    if isinstance(model, str) and model.startswith(SAMPLE_PREFIX):
+        stem = SAMPLES.get(model[len(SAMPLE_PREFIX) :])
+        if stem is None:
+            raise EdgekitError(f"unknown sample {model!r}", hint=f"choose from {', '.join(SAMPLES)}")
+        src = load_source(SAMPLES_DIR / f"{stem}.onnx", work_dir)
+        src.origin, src.sample = model, stem
+        return src
+    if isinstance(model, str | Path):
+        path = Path(model)
+        if path.suffix == ".onnx":
+            check_onnx(path)
+            shutil.copyfile(path, dest)
+            return Source(dest, "onnx", str(path), sha256_file(path), path.stem)
+        if path.suffix in (".keras", ".h5") or (path.is_dir() and (path / "saved_model.pb").exists()):
+            from converters.keras_source import keras_to_onnx
+
+            keras_to_onnx(path, dest)
+            digest = sha256_file(path) if path.is_file() else sha256_file(path / "saved_model.pb")
+            return Source(dest, "keras", str(path), digest, path.stem)
+        if not path.exists():
+            raise InvalidModelError(f"model file not found: {path}")
+        raise InvalidModelError(
+            f"cannot tell what {path.name} is",
+            hint="give an .onnx file, a .keras/.h5 file or SavedModel dir, or use the Python API for nn.Modules",
+        )
+    if is_torch_module(model):
+        _torch_to_onnx(model, example_inputs, dest, input_names, output_names)
+        return Source(dest, "torch", type(model).__name__, sha256_file(dest), type(model).__name__.lower())
+    if is_keras_model(model):
+        from converters.keras_source import keras_to_onnx
+
+        keras_to_onnx(model, dest)
+        return Source(dest, "keras", type(model).__name__, sha256_file(dest), getattr(model, "name", "keras"))
+    raise InvalidModelError(f"unsupported model object of type {type(model).__name__}")
+
+
+def _torch_to_onnx(module, example_inputs, dest: Path, input_names, output_names) -> None:
+    import torch
+
+    if example_inputs is None:
+        raise EdgekitError("a PyTorch module needs example_inputs (a tensor or a tuple of tensors)")
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    names = input_names or (["input"] if len(args) == 1 else [f"input_{i}" for i in range(len(args))])
+    module.eval()
+    with torch.no_grad():
+        probe = module(*args)
+    n_out = len(probe) if isinstance(probe, tuple | list) else 1
+    outs = output_names or (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)])
+    axes = {n: {0: "batch"} for n in [*names, *outs]}
+    # The TorchScript exporter (dynamo=False) needs no onnxscript and handles every model here;
+    # its deprecation warning is noise for our users.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(dest),
+            dynamo=False,
+            input_names=names,
+            output_names=outs,
+            dynamic_axes=axes,
+            opset_version=17,
+        )
+    check_onnx(dest)
