@@ -1,0 +1,511 @@
+"""Apply signed update manifests: verify, download, verify bytes, stage, smoke-test, activate.
+
+Every step is a durable state transition (agent.state) written before it is reported, and every
+failure ends on the previous version: the new model is only swapped in (pointer rename + registry
+reference swap) after its bytes, its load and its golden smoke test all passed.
+
+Sequences are per device (one verifier): a manifest is acted on once. The retained `desired`
+message comes back after every reconnect or restart; a replay of the very manifest the state
+file is working on resumes it (signature still checked), a replay of a finished one is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+from agent import state as S
+from agent.download import DownloadError, download
+from agent.durable import atomic_write_json, read_json
+from agent.metrics import Metrics
+from agent.models import LoadedModel, ModelRegistry, load_model
+from agent.state import ModelState, StateStore
+from agent.store import Entry, ModelStore
+from edgekit.modelcard import ModelCard
+from edgekit.trust import (
+    Manifest,
+    ManifestVerifier,
+    Root,
+    VerificationError,
+    canonical_json,
+    check_smoke_outputs,
+    load_trusted_root,
+    smoke_inputs,
+    verify_artifact,
+)
+from edgekit.trust.errors import REPLAY
+
+log = logging.getLogger(__name__)
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+class UpdateFailed(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def runtime_available(fmt: str) -> bool:
+    if fmt in ("onnx", "ort"):
+        return True
+    if fmt == "tflite":
+        import importlib.util
+
+        return any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
+    return False
+
+
+class Updater:
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        states: StateStore,
+        registry: ModelRegistry,
+        root: Root,
+        fleet: str,
+        device: str,
+        trust_file: Path,
+        formats: list[str] | None = None,
+        report: Reporter | None = None,
+        metrics: Metrics | None = None,
+        threads: int | None = None,
+        download_opts: dict[str, Any] | None = None,
+        base_url: str | None = None,
+        labels: dict[str, str] | None = None,
+    ):
+        self.store, self.states, self.registry = store, states, registry
+        self.fleet, self.device = fleet, device
+        self.trust_file = Path(trust_file)
+        self.formats = formats or ["onnx", "tflite"]
+        self.report_fn = report
+        self.metrics = metrics or Metrics()
+        self.threads = threads
+        self.download_opts = download_opts or {}
+        self.base_url = base_url
+        self.labels = labels or {}
+        saved = read_json(self.trust_file, {}) or {}
+        if saved.get("root"):
+            try:
+                # A rotated root persisted earlier; it was verified against the chain when accepted.
+                newer = load_trusted_root(canonical_json(saved["root"]), check_expiry=False)
+                if newer.version > root.version:
+                    root = newer
+            except VerificationError as e:
+                log.warning("ignoring persisted root: %s", e)
+        self.verifier = ManifestVerifier(
+            root, fleet, device, last_sequence=int(saved.get("last_sequence", -1))
+        )
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.busy = threading.Event()
+
+    # worker ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._queue.put(("recover", None))  # first: finish whatever a crash interrupted
+        self._thread = threading.Thread(target=self._loop, name="edgekit-updater", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def submit(self, payload: bytes) -> None:
+        self._queue.put(("manifest", payload))
+
+    def submit_roots(self, payload: bytes) -> None:
+        self._queue.put(("roots", payload))
+
+    def idle(self) -> bool:
+        return self._queue.unfinished_tasks == 0
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                kind, payload = item
+                self.busy.set()
+                if kind == "recover":
+                    self.recover()
+                elif kind == "roots":
+                    self.handle_roots(payload)
+                else:
+                    self.handle(payload)
+            except Exception:  # the worker must survive anything a message can do
+                log.exception("update worker error")
+            finally:
+                self.busy.clear()
+                self._queue.task_done()
+
+    # reporting -------------------------------------------------------------------------------
+    def _status(self, st: ModelState, **extra: Any) -> dict[str, Any]:
+        rollout = (st.manifest or {}).get("signed", {}).get("rollout") if st.manifest else None
+        msg: dict[str, Any] = {
+            "device": self.device,
+            "state": st.state,
+            "model": st.model,
+            "version": st.version,
+            "sequence": st.sequence,
+            "rollout": rollout,
+            "reason": st.reason,
+            "labels": self.labels,
+        }
+        if st.detail:
+            msg["detail"] = st.detail
+        msg.update(extra)
+        return msg
+
+    def _emit(self, msg: dict[str, Any]) -> None:
+        from edgekit.trust import iso, utcnow
+
+        msg.setdefault("ts", iso(utcnow()))
+        if self.report_fn:
+            try:
+                self.report_fn(msg)
+            except Exception:
+                log.exception("status report failed")
+
+    def _go(self, model: str, new: str, **changes: Any) -> ModelState:
+        st = self.states.transition(model, new, **changes)  # durable first, then reported
+        self.metrics.set_update_state(model, new)
+        log.info("%s: %s %s%s", model, new, st.version, f" ({st.reason}: {st.detail})" if st.reason else "")
+        self._emit(self._status(st))
+        return st
+
+    def heartbeat(self) -> list[dict[str, Any]]:
+        msgs = []
+        states = self.states.all()
+        for st in states:
+            active = self.store.active(st.model)
+            msgs.append(self._status(st, heartbeat=True, active_version=active.version if active else None))
+        if not states:
+            msgs.append(
+                {
+                    "device": self.device,
+                    "state": "idle",
+                    "model": None,
+                    "version": None,
+                    "sequence": None,
+                    "rollout": None,
+                    "reason": None,
+                    "labels": self.labels,
+                    "heartbeat": True,
+                }
+            )
+        for m in msgs:
+            self._emit(m)
+        return msgs
+
+    def _persist_trust(self) -> None:
+        atomic_write_json(
+            self.trust_file,
+            {"last_sequence": self.verifier.last_sequence, "root": self.verifier.root.envelope},
+        )
+
+    # roots -----------------------------------------------------------------------------------
+    def handle_roots(self, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            docs = json.loads(payload)
+            raws = [canonical_json(d) for d in (docs if isinstance(docs, list) else [docs])]
+            before = self.verifier.root.version
+            self.verifier.update_root(raws)
+        except (VerificationError, ValueError) as e:
+            log.warning("refused root update: %s", e)
+            return
+        if self.verifier.root.version != before:
+            log.info("root rotated v%d -> v%d", before, self.verifier.root.version)
+            self._persist_trust()
+
+    # manifests -------------------------------------------------------------------------------
+    def handle(self, payload: bytes) -> str:
+        """Process one `desired` payload; returns what happened (for tests and logs)."""
+        if not payload:
+            return "empty"
+        try:
+            m = self.verifier.verify(payload)
+        except VerificationError as e:
+            if e.reason == REPLAY:
+                outcome = self._on_replay(payload)
+                if outcome:
+                    return outcome
+            claimed = _claimed(payload)
+            log.warning("refused manifest (%s): %s", e.reason, e.detail)
+            self._emit(
+                {
+                    "device": self.device,
+                    "state": S.FAILED,
+                    "model": claimed.get("model"),
+                    "version": claimed.get("version"),
+                    "sequence": claimed.get("sequence") if isinstance(claimed.get("sequence"), int) else None,
+                    "rollout": claimed.get("rollout"),
+                    "reason": e.reason,
+                    "detail": e.detail,
+                    "labels": self.labels,
+                    "refused": True,
+                }
+            )
+            return f"refused:{e.reason}"
+        self.verifier.accept(m)
+        self._persist_trust()  # before acting on it: a replay after a crash is recognized as such
+        st = self.states.get(m.model)
+        if st.state in S.IN_PROGRESS or st.state == S.FAILED:
+            # A newer manifest supersedes an interrupted one: close the old attempt cleanly.
+            self._fail_and_rollback(m.model, "superseded", f"sequence {m.sequence} replaced {st.sequence}")
+        self._go(m.model, S.DOWNLOADING, version=m.version, sequence=m.sequence, manifest=m.envelope)
+        return self._apply(m)
+
+    def _on_replay(self, payload: bytes) -> str | None:
+        try:
+            env = json.loads(payload)
+            model = env["signed"]["model"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        st = self.states.get(model)
+        if st.manifest is None or canonical_json(st.manifest) != canonical_json(env):
+            return None
+        if st.state in S.IN_PROGRESS:
+            log.info("%s: resuming sequence %d", model, st.sequence)
+            return self._apply(Manifest(st.manifest))
+        return "duplicate"  # the retained message of an update already finished
+
+    def recover(self) -> list[str]:
+        """At start-up: resume or roll back whatever a crash interrupted; load active models."""
+        done = []
+        for st in self.states.all():
+            action = S.resume_action(st)
+            if action == "resume":
+                assert st.manifest is not None
+                m = self._reverify(st)
+                if m is None:
+                    done.append(f"{st.model}:rolled_back")
+                    continue
+                log.info("%s: resuming interrupted update (%s)", st.model, st.state)
+                done.append(f"{st.model}:{self._apply(m)}")
+            elif action == "rollback":
+                self._finish_rollback(st.model)
+                done.append(f"{st.model}:rolled_back")
+        return done
+
+    def _reverify(self, st: ModelState) -> Manifest | None:
+        # Re-check signature and expiry of the stored manifest (the disk is not trusted more
+        # than the network); its own sequence is allowed since it is the one being applied.
+        v = ManifestVerifier(self.verifier.root, self.fleet, self.device, last_sequence=st.sequence - 1)
+        try:
+            return v.verify(canonical_json(st.manifest))
+        except VerificationError as e:
+            self._fail_and_rollback(st.model, e.reason, e.detail)
+            return None
+
+    def _pick_artifact(self, m: Manifest):
+        arts = m.artifacts
+        for fmt in self.formats:
+            if fmt in arts and runtime_available(fmt):
+                return arts[fmt]
+        raise UpdateFailed("no_artifact", f"manifest offers {sorted(arts)}, this agent runs {self.formats}")
+
+    def _apply(self, m: Manifest) -> str:
+        name = m.model
+        try:
+            art = self._pick_artifact(m)
+            st = self.states.get(name)
+            if st.state == S.DOWNLOADING:
+                self._download(art)
+                st = self._go(name, S.VERIFYING)
+            if st.state == S.VERIFYING:
+                blob = self.store.blob_path(art.sha256, art.format)
+                if not blob.exists():
+                    part = self.store.part_path(art.sha256, art.format)
+                    if not part.exists():  # crashed after download returned, before commit? redo
+                        self._download(art)
+                    try:
+                        verify_artifact(part, art.size, art.sha256)
+                    except VerificationError as e:
+                        part.unlink(missing_ok=True)
+                        raise UpdateFailed(e.reason, e.detail) from e
+                    self.store.commit_blob(part, art.sha256, art.format)
+                else:
+                    try:
+                        verify_artifact(blob, art.size, art.sha256)
+                    except VerificationError as e:
+                        blob.unlink(missing_ok=True)
+                        raise UpdateFailed(e.reason, e.detail) from e
+                st = self._go(name, S.STAGED)
+            # staged / smoke_tested: (re)load and (re)test; both are idempotent and cheap
+            model = self._load(m, art)
+            if st.state == S.STAGED:
+                self._smoke(m, art, model)
+                st = self._go(name, S.SMOKE_TESTED)
+            entry = Entry(
+                version=m.version,
+                sha256=art.sha256,
+                format=art.format,
+                sequence=m.sequence,
+                card=m.model_card,
+                smoke=None,
+            )
+            self.store.activate(name, entry)  # the atomic pointer swap: durable from here on
+            self.registry.put(model)  # hot swap: in-flight requests finish on the old object
+            self.metrics.set_model(name, model.version, art.sha256)
+            self._go(name, S.ACTIVE)
+            self.store.gc(keep=self._in_progress_digests())
+            return "active"
+        except UpdateFailed as e:
+            self._fail_and_rollback(name, e.reason, e.detail)
+            return f"rolled_back:{e.reason}"
+        except Exception as e:  # anything unexpected still ends on the previous version
+            log.exception("%s: update failed", name)
+            self._fail_and_rollback(name, "internal", f"{type(e).__name__}: {e}")
+            return "rolled_back:internal"
+
+    def _in_progress_digests(self) -> set[str]:
+        out = set()
+        for st in self.states.all():
+            if st.state in S.IN_PROGRESS and st.manifest:
+                for a in st.manifest["signed"]["artifacts"].values():
+                    out.add(a["sha256"])
+        return out
+
+    def _download(self, art) -> None:
+        if self.store.has_blob(art.sha256, art.format, art.size):
+            return  # content-addressed: verified bytes are never fetched again
+        url = urljoin(self.base_url, art.url) if self.base_url else art.url
+        try:
+            download(
+                url,
+                self.store.part_path(art.sha256, art.format),
+                size=art.size,
+                sha256=art.sha256,
+                **self.download_opts,
+            )
+        except DownloadError as e:
+            raise UpdateFailed(e.reason if e.reason != "unreachable" else "download", str(e)) from e
+
+    def _load(self, m: Manifest, art) -> LoadedModel:
+        try:
+            card = ModelCard.from_dict(m.model_card) if m.model_card else None
+        except (TypeError, ValueError, KeyError):
+            card = None
+        try:
+            return load_model(
+                m.model,
+                self.store.blob_path(art.sha256, art.format),
+                m.version,
+                card=card,
+                sha256=art.sha256,
+                threads=self.threads,
+            )
+        except Exception as e:
+            raise UpdateFailed("load", f"{type(e).__name__}: {e}") from e
+
+    def _smoke(self, m: Manifest, art, model: LoadedModel) -> None:
+        if not m.smoke_test:
+            return
+        try:
+            outputs = model.run(smoke_inputs(m.smoke_test))
+        except Exception as e:
+            raise UpdateFailed("smoke_test", f"golden input failed to run: {e}") from e
+        res = check_smoke_outputs(m.smoke_test, outputs, precision=art.precision)
+        if not res.ok:
+            raise UpdateFailed("smoke_test", res.detail or f"max abs {res.max_abs_error:.3g}")
+
+    def _fail_and_rollback(self, name: str, reason: str, detail: str) -> None:
+        st = self.states.get(name)
+        if st.state != S.FAILED:
+            if S.FAILED not in S._ALLOWED[st.state]:
+                return  # nothing in progress: nothing to roll back
+            self._go(name, S.FAILED, reason=reason, detail=detail)
+        self._finish_rollback(name)
+
+    def _finish_rollback(self, name: str) -> None:
+        st = self.states.get(name)
+        active = self.store.active(name)
+        target_sha = None
+        if st.manifest:
+            target_sha = {a["sha256"] for a in st.manifest["signed"]["artifacts"].values()}
+        if (
+            active
+            and target_sha
+            and active.sha256 in target_sha
+            and (active.sequence, active.version) == (st.sequence, st.version)
+        ):
+            active = self.store.rollback(name)  # the failed version had been swapped in already
+        self._ensure_loaded(name, active)
+        if st.state == S.FAILED:
+            self._go(name, S.ROLLED_BACK, reason=st.reason, detail=st.detail)
+
+    def _ensure_loaded(self, name: str, entry: Entry | None) -> None:
+        current = self.registry.get(name)
+        if entry is None:
+            if current is not None and current.sha256 is not None:
+                self.registry.remove(name)
+            return
+        if current is not None and current.sha256 == entry.sha256 and current.version == entry.version:
+            return
+        self.registry.put(self.load_entry(name, entry))
+
+    def load_entry(self, name: str, entry: Entry) -> LoadedModel:
+        card = ModelCard.from_dict(entry.card) if entry.card else None
+        model = load_model(
+            name,
+            self.store.blob_path(entry.sha256, entry.format),
+            entry.version,
+            card=card,
+            sha256=entry.sha256,
+            threads=self.threads,
+        )
+        self.metrics.set_model(name, entry.version, entry.sha256)
+        return model
+
+    def load_active(self, verify: bool = True) -> list[str]:
+        """Load every model the store points at (at start-up, before serving)."""
+        from agent.store import sha256_file
+
+        loaded = []
+        for name in self.store.model_names():
+            active, previous = self.store.pointer(name)
+            for entry in (active, previous):
+                if entry is None:
+                    continue
+                blob = self.store.blob_path(entry.sha256, entry.format)
+                if verify and (not blob.exists() or sha256_file(blob) != entry.sha256):
+                    log.error("%s: blob of version %s is missing or damaged", name, entry.version)
+                    continue
+                self.registry.put(self.load_entry(name, entry))
+                if entry is previous:
+                    log.warning("%s: serving previous version %s", name, entry.version)
+                loaded.append(name)
+                break
+        return loaded
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "last_sequence": self.verifier.last_sequence,
+            "root_version": self.verifier.root.version,
+            "models": {st.model: asdict(st) | {"manifest": None} for st in self.states.all()},
+        }
+
+
+def _claimed(payload: bytes) -> dict[str, Any]:
+    """Unverified fields of a refused manifest, for the status report only."""
+    try:
+        signed = json.loads(payload)["signed"]
+        return {
+            k: signed.get(k)
+            for k in ("model", "version", "sequence", "rollout")
+            if isinstance(signed.get(k), str | int)
+        }
+    except Exception:
+        return {}
