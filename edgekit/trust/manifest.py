@@ -186,7 +186,7 @@ class ManifestVerifier:
     def now(self) -> datetime:
         return self._now or utcnow()
 
-    def update_root(self, raws: list[bytes | str]) -> Root:
+    def update_root(self, raws: list[bytes | str | dict[str, Any]]) -> Root:
         """Follow root rotations (see `update_root_chain`); the caller persists `self.root`."""
         from edgekit.trust.root import update_root_chain
 

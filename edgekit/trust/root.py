@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from edgekit.trust.envelope import check_threshold, parse, sign
+from edgekit.trust.envelope import check_threshold, dumps, parse, sign
 from edgekit.trust.errors import EXPIRED, MALFORMED, ROOT_VERSION, WRONG_TYPE, VerificationError
 from edgekit.trust.keys import SigningKey, keyid_for, public_key_dict
 from edgekit.trust.timeutil import in_future, parse_iso, utcnow
@@ -109,10 +109,16 @@ def update_root(trusted: Root, raw: bytes | str, now: datetime | None = None) ->
     return new
 
 
-def update_root_chain(trusted: Root, raws: list[bytes | str], now: datetime | None = None) -> Root:
-    """Walk a list of root documents (any order, old ones ignored) from `trusted` to the newest."""
+def update_root_chain(
+    trusted: Root, raws: list[bytes | str | dict[str, Any]], now: datetime | None = None
+) -> Root:
+    """Walk a list of root documents (any order, old ones ignored) from `trusted` to the newest.
+
+    Items may be raw bytes/str or already-parsed envelopes (the `roots` topic carries a JSON list).
+    """
     by_version: dict[int, bytes | str] = {}
-    for raw in raws:
+    for item in raws:
+        raw = dumps(item) if isinstance(item, dict) else item
         env = parse(raw)
         v = env["signed"].get("version")
         if isinstance(v, int) and v > trusted.version:

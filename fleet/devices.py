@@ -1,0 +1,94 @@
+"""The device registry, learned from what devices say on `status` and `online`.
+
+A device is known once it has said anything; its labels are whatever it last reported.
+Offline comes from the Last Will on `online` (or an explicit online=false).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from edgekit.protocol import Online, Status
+from fleet.db import Database
+
+
+def _upsert(c: sqlite3.Connection, device: str) -> None:
+    c.execute("INSERT OR IGNORE INTO devices (id) VALUES (?)", (device,))
+
+
+def record_online(c: sqlite3.Connection, msg: Online, now: float) -> None:
+    _upsert(c, msg.device)
+    if msg.labels:
+        c.execute(
+            "UPDATE devices SET labels=? WHERE id=?", (json.dumps(msg.labels, sort_keys=True), msg.device)
+        )
+    c.execute(
+        "UPDATE devices SET online=?, last_seen=?, agent_version=COALESCE(?, agent_version) WHERE id=?",
+        (int(msg.online), now, msg.agent_version, msg.device),
+    )
+
+
+def record_status(c: sqlite3.Connection, msg: Status, now: float) -> None:
+    _upsert(c, msg.device)
+    if msg.labels:
+        c.execute(
+            "UPDATE devices SET labels=? WHERE id=?", (json.dumps(msg.labels, sort_keys=True), msg.device)
+        )
+    c.execute(
+        "UPDATE devices SET online=1, last_seen=?, state=?, model=?, version=?, sequence=?, rollout=?,"
+        " reason=? WHERE id=?",
+        (now, msg.state, msg.model, msg.version, msg.sequence, msg.rollout, msg.reason, msg.device),
+    )
+    if msg.state == "active" and msg.model:
+        c.execute(
+            "UPDATE devices SET active_model=?, active_version=? WHERE id=?",
+            (msg.model, msg.version, msg.device),
+        )
+
+
+def parse_selector(text: str | None) -> dict[str, str]:
+    """ "site=berlin,tier=canary" -> {"site": "berlin", "tier": "canary"}; "" or "*" -> all devices."""
+    if not text or text.strip() == "*":
+        return {}
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            from fleet.errors import FleetError
+
+            raise FleetError(f"invalid selector {part!r}", hint="use label=value[,label=value]")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def row_to_dict(r: sqlite3.Row, now: float | None = None) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "labels": json.loads(r["labels"] or "{}"),
+        "online": bool(r["online"]),
+        "state": r["state"],
+        "model": r["model"],
+        "version": r["version"],
+        "sequence": r["sequence"],
+        "active_model": r["active_model"],
+        "active_version": r["active_version"],
+        "rollout": r["rollout"],
+        "reason": r["reason"],
+        "agent_version": r["agent_version"],
+        "last_seen_s": None if r["last_seen"] is None else round((now or time.time()) - r["last_seen"], 1),
+    }
+
+
+class DeviceRegistry:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def list(self, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        now = time.time()
+        rows = [row_to_dict(r, now) for r in self.db.query("SELECT * FROM devices ORDER BY id")]
+        if selector:
+            rows = [d for d in rows if all(d["labels"].get(k) == v for k, v in selector.items())]
+        return rows

@@ -1,0 +1,93 @@
+"""The fleet server's MQTT connection (paho-mqtt 2.x, MQTT 3.1.1 so the embedded broker works too)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from fleet.errors import FleetError
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class MqttLink:
+    def __init__(self, broker: dict[str, Any], on_message: MessageHandler, subscriptions: list[str]):
+        self.cfg = broker
+        self.subscriptions = subscriptions
+        self._on_message = on_message
+        self._connected = threading.Event()
+        self._failed: str | None = None
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=broker["client_id"],
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        if broker.get("username"):
+            c.username_pw_set(broker["username"], broker.get("password") or None)
+        if broker.get("tls"):
+            c.tls_set(
+                ca_certs=broker.get("ca") or None,
+                certfile=broker.get("cert") or None,
+                keyfile=broker.get("key") or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        # Thousands of retained desired messages go out at rollout start: do not throttle them
+        # to paho's default window of 20 unacknowledged messages.
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(0.5, 10)
+        c.on_connect = self._connected_cb
+        c.on_disconnect = self._disconnected_cb
+        c.on_message = self._message_cb
+        self.client = c
+
+    def _connected_cb(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
+        if rc.is_failure:
+            self._failed = str(rc)
+            log.error("broker refused the connection: %s", rc)
+            return
+        # (Re)subscribe on every connect: the session is clean.
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        log.info("connected to broker %s:%s", self.cfg["host"], self.cfg["port"])
+
+    def _disconnected_cb(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
+        self._connected.clear()
+        if rc != 0:
+            log.warning("disconnected from broker (%s); reconnecting", rc)
+
+    def _message_cb(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_message(msg.topic, msg.payload)
+        except Exception:  # a bad message must never kill paho's network thread
+            log.exception("error handling message on %s", msg.topic)
+
+    def connect(self, timeout: float = 10.0) -> None:
+        host, port = self.cfg["host"], int(self.cfg["port"])
+        try:
+            self.client.connect(host, port, keepalive=30)
+        except OSError as e:
+            raise FleetError(
+                f"cannot reach MQTT broker at {host}:{port}: {e}", hint="check [broker] in fleet.toml"
+            ) from e
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.client.loop_stop()
+            why = f": {self._failed}" if self._failed else ""
+            raise FleetError(f"MQTT broker at {host}:{port} did not accept the connection{why}")
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

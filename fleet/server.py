@@ -1,0 +1,204 @@
+"""FleetServer: wires registry, devices, rollouts, MQTT, HTTP together and runs the event loop.
+
+Threads: paho's network thread only enqueues messages; one engine thread drains the queue in
+batches (one SQLite transaction per batch: thousands of status messages per second stay cheap)
+and runs the rollout engine's tick; uvicorn threads serve artifacts and the admin API.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from edgekit import topics
+from edgekit.protocol import Online, ProtocolError, Status
+from fleet import config as fleet_config
+from fleet.db import Database
+from fleet.devices import DeviceRegistry, record_online, record_status
+from fleet.keys import KeyStore
+from fleet.mqtt import MqttLink
+from fleet.publisher import Publisher
+from fleet.registry import Registry
+from fleet.rollouts import RolloutEngine
+from fleet.store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+def open_state(state_dir: Path) -> tuple[Database, ArtifactStore, Registry]:
+    """What offline commands (publish) need, without any network."""
+    db = Database(Path(state_dir) / "fleet.db")
+    store = ArtifactStore(Path(state_dir) / "artifacts")
+    return db, store, Registry(db, store)
+
+
+def write_token(path: Path) -> str:
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
+
+
+class FleetServer:
+    def __init__(self, cfg: dict[str, Any] | None = None):
+        self.cfg = cfg or fleet_config.load(None)
+        self.fleet = self.cfg["server"]["fleet"]
+        self.state_dir = fleet_config.state_dir(self.cfg)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.db, self.store, self.registry = open_state(self.state_dir)
+        self.devices = DeviceRegistry(self.db)
+        self.keys = KeyStore(self.state_dir)
+        self.broker: Any = None
+        self.link: MqttLink | None = None
+        self.engine: RolloutEngine
+        self.admin_token = ""
+        self._events: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http: list[Any] = []
+        self.messages_in = 0
+
+    def broker_address(self) -> str:
+        return f"{self.cfg['broker']['host']}:{self.cfg['broker']['port']}"
+
+    def start(self) -> None:
+        from fleet.http import UvicornThread, admin_app, artifact_app
+
+        if not self.keys.exists():
+            log.warning(
+                "no keys in %s: creating a root and a release key (move keys/root.pem offline)",
+                self.state_dir,
+            )
+            self.keys.init(self.fleet)
+        b = self.cfg["broker"]
+        if b["embedded"]:
+            from fleet.broker import EmbeddedBroker
+
+            users = dict(self.cfg.get("broker_users") or {})
+            if b["username"]:
+                users[b["username"]] = b["password"]
+            self.broker = EmbeddedBroker(
+                b["host"], int(b["port"]), self.fleet, users, bool(b["allow_anonymous"]), b["username"]
+            )
+            self.broker.start()
+        self.link = MqttLink(
+            b,
+            self._on_message,
+            [topics.all_devices(self.fleet, "status"), topics.all_devices(self.fleet, "online")],
+        )
+        self.link.connect()
+        publisher = Publisher(
+            self.link,
+            self.fleet,
+            self.keys.release_key(),
+            self.cfg["http"]["public_url"],
+            self.cfg["server"]["channel"],
+            timedelta(days=float(self.cfg["server"]["manifest_ttl_days"])),
+        )
+        publisher.publish_roots(self.keys.root_chain())
+        self.engine = RolloutEngine(self.db, self.registry, self.devices, publisher)
+        self.admin_token = write_token(self.state_dir / "admin.token")
+        h, a = self.cfg["http"], self.cfg["admin"]
+        self._http = [
+            UvicornThread(artifact_app(self), h["host"], int(h["port"]), "artifact-http"),
+            UvicornThread(admin_app(self), a["host"], int(a["port"]), "admin-http"),
+        ]
+        for s in self._http:
+            s.start()
+        self._thread = threading.Thread(target=self._loop, name="fleet-engine", daemon=True)
+        self._thread.start()
+        log.info(
+            "fleet %r serving: mqtt %s, artifacts %s, admin http://%s:%s",
+            self.fleet,
+            self.broker_address(),
+            self.cfg["http"]["public_url"],
+            a["host"],
+            a["port"],
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(None)
+        if self._thread:
+            self._thread.join(timeout=10)
+        for s in self._http:
+            s.stop()
+        if self.link:
+            self.link.close()
+        if self.broker:
+            self.broker.stop()
+        self.db.close()
+
+    def __enter__(self) -> FleetServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def kick(self) -> None:
+        """Wake the engine loop now (after an operator action) instead of at the next tick."""
+        self._events.put(("", "kick", b""))
+
+    # paho's thread: only enqueue.
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parsed = topics.parse(topic)
+        if parsed and parsed[0] == self.fleet:
+            self._events.put((parsed[1], parsed[2], payload))
+
+    def _drain(self, timeout: float) -> list[tuple[str, str, bytes] | None]:
+        batch: list[tuple[str, str, bytes] | None] = []
+        try:
+            batch.append(self._events.get(timeout=timeout))
+            while len(batch) < 5000:
+                batch.append(self._events.get_nowait())
+        except queue.Empty:
+            pass
+        return batch
+
+    def _loop(self) -> None:
+        tick = float(self.cfg["server"]["tick_seconds"])
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            batch = self._drain(max(0.0, next_tick - time.monotonic()))
+            if any(e is None for e in batch):
+                return
+            try:
+                self._apply([e for e in batch if e is not None])
+                # Tick on every batch too: a wave advances as soon as its last report arrives.
+                self.engine.tick()
+                next_tick = time.monotonic() + tick
+            except Exception:  # keep serving; the next tick retries
+                log.exception("engine loop error")
+
+    def _apply(self, batch: list[tuple[str, str, bytes]]) -> None:
+        if not batch:
+            return
+        now = time.time()
+        with self.db.tx() as c:
+            for device, kind, payload in batch:
+                if kind == "kick" or not payload:
+                    continue
+                self.messages_in += 1
+                try:
+                    if kind == topics.STATUS:
+                        msg = Status.from_json(payload)
+                        if msg.device != device:  # the topic, which the ACL protects, names the device
+                            raise ProtocolError(f"status for {msg.device!r} on {device!r}'s topic")
+                        record_status(c, msg, now)
+                        self.engine.on_status(c, msg, now)
+                    elif kind == topics.ONLINE:
+                        o = Online.from_json(payload)
+                        if o.device != device:
+                            raise ProtocolError(f"online for {o.device!r} on {device!r}'s topic")
+                        record_online(c, o, now)
+                except ProtocolError as e:
+                    log.warning("ignored message from %s/%s: %s", device, kind, e)

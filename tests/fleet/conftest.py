@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet import config as fleet_config
+from tests.support import mosquitto
+from tests.support.net import free_port
+
+FLEET = "f1"
+
+
+def server_config(tmp: Path, broker_port: int, embedded: bool, **broker: Any) -> dict[str, Any]:
+    cfg = copy.deepcopy(fleet_config.DEFAULTS)
+    http_port, admin_port = free_port(), free_port()
+    cfg["server"].update(
+        fleet=FLEET, state_dir=str(tmp / "state"), tick_seconds=0.1, client_id=f"edgekit-fleet-{FLEET}"
+    )
+    cfg["broker"].update(embedded=embedded, host="127.0.0.1", port=broker_port, client_id=f"fleet-{FLEET}")
+    cfg["broker"].update(broker)
+    cfg["http"].update(port=http_port, public_url=f"http://127.0.0.1:{http_port}")
+    cfg["admin"].update(port=admin_port)
+    return cfg
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "mosquitto" and not mosquitto.available():
+        pytest.skip("mosquitto not installed (make system-deps)")
+    return request.param
+
+
+@pytest.fixture
+def fleet_env(broker_kind: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A running FleetServer on the chosen broker plus what devices need to connect to it."""
+    from fleet.server import FleetServer
+
+    device_pw = "device-secret"
+    if broker_kind == "embedded":
+        port = free_port()
+        cfg = server_config(tmp_path, port, embedded=True)
+        with FleetServer(cfg) as srv:
+            yield {"server": srv, "port": port, "password": None, "kind": broker_kind}
+    else:
+        users = {f"dev-{i:03d}": device_pw for i in range(200)}
+        with mosquitto.Mosquitto(FLEET, users) as m:
+            cfg = server_config(
+                tmp_path, m.port, embedded=False, username=m.server_user, password=m.server_password
+            )
+            with FleetServer(cfg) as srv:
+                yield {"server": srv, "port": m.port, "password": lambda _d: device_pw, "kind": broker_kind}

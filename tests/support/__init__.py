@@ -1,0 +1,1 @@
+"""Shared test helpers: a Mosquitto launcher, simulated devices, a fake `edgekit convert` output."""
