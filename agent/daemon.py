@@ -1,0 +1,210 @@
+"""The agent daemon: wires store, updater, inference engine, OIP server, MQTT and heartbeat.
+
+Start-up order matters: recover interrupted updates and load the active models *before* the
+server says ready and before MQTT delivers new manifests (the updater queue runs recovery first).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import fallback as fb
+from agent.breaker import CircuitBreaker
+from agent.cloud import CloudClient
+from agent.config import load_agent_config
+from agent.engine import Engine
+from agent.metrics import Metrics
+from agent.models import ModelRegistry
+from agent.server import ServerThread, build_app
+from agent.state import StateStore
+from agent.store import Entry, ModelStore
+from agent.updater import Updater
+
+log = logging.getLogger(__name__)
+
+
+def _policy(d: dict[str, Any], base: dict[str, Any]) -> fb.Policy:
+    merged = {**base, **{k: v for k, v in d.items() if k not in ("path", "version")}}
+    return fb.Policy.from_dict(merged)
+
+
+class Agent:
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        a = cfg["agent"]
+        self.device, self.fleet = a["device"], a["fleet"]
+        data = Path(a["data_dir"])
+        self.metrics = Metrics()
+        self.store = ModelStore(data / "store")
+        self.states = StateStore(data / "state")
+        self.registry = ModelRegistry()
+        self.started_at = time.monotonic()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self.engine = Engine(
+            self.registry,
+            cloud=self._cloud(cfg["cloud"]),
+            policies={n: _policy(m, cfg["fallback"]) for n, m in cfg["models"].items()},
+            default_policy=fb.Policy.from_dict(cfg["fallback"]),
+            metrics=self.metrics,
+        )
+        self.updater: Updater | None = None
+        self.mqtt = None
+        self.server: ServerThread | None = None
+
+    @staticmethod
+    def _cloud(c: dict[str, Any]) -> CloudClient | None:
+        if not c.get("url"):
+            return None
+        return CloudClient(
+            c["url"],
+            timeout=float(c["timeout_ms"]) / 1000,
+            retries=int(c["retries"]),
+            breaker=CircuitBreaker(int(c["breaker_failures"]), float(c["breaker_reset_s"])),
+            binary=bool(c.get("binary", True)),
+        )
+
+    def _download_opts(self) -> dict[str, Any]:
+        d = self.cfg["download"]
+        opts: dict[str, Any] = {"timeout": float(d["timeout_s"]), "retries": int(d["retries"])}
+        if d.get("ca"):
+            opts["verify"] = d["ca"]
+        if d.get("cert"):
+            opts["cert"] = (d["cert"], d["key"])
+        return opts
+
+    def _install_configured_models(self) -> None:
+        """[models.NAME] path=... : a model shipped with the box, used until an update replaces it."""
+        for name, m in self.cfg["models"].items():
+            if not m.get("path") or self.store.active(name) is not None:
+                continue
+            p = Path(m["path"])
+            digest, _ = self.store.add_file(p)
+            self.store.activate(
+                name, Entry(version=str(m.get("version", "0")), sha256=digest, format=p.suffix.lstrip("."))
+            )
+
+    def start(self) -> None:
+        a = self.cfg["agent"]
+        from edgekit.trust import load_trusted_root
+
+        self._install_configured_models()
+        if self.cfg["mqtt"]["enabled"]:
+            root = load_trusted_root(Path(a["root"]).read_bytes())
+            self.updater = Updater(
+                store=self.store,
+                states=self.states,
+                registry=self.registry,
+                root=root,
+                fleet=self.fleet,
+                device=self.device,
+                trust_file=Path(a["data_dir"]) / "trust.json",
+                formats=list(a["formats"]),
+                report=self._report,
+                metrics=self.metrics,
+                threads=int(a["threads"]) or None,
+                download_opts=self._download_opts(),
+                base_url=self.cfg["download"]["base_url"] or None,
+                labels=dict(a["labels"]),
+            )
+            # Serve what the pointers name (a pointer only ever names a verified, smoke-tested
+            # blob); interrupted updates are resumed or rolled back by the updater thread first
+            # thing, so a long resumed download does not delay readiness.
+            self.updater.load_active(verify=bool(a["verify_on_start"]))
+        else:
+            self._load_without_updater()
+        s = self.cfg["server"]
+        if s["enabled"]:
+            app = build_app(
+                self.engine,
+                max_body=int(float(s["max_body_mb"]) * (1 << 20)),
+                is_ready=self._ready.is_set,
+                status=self.status,
+            )
+            self.server = ServerThread(app, s["host"], int(s["port"])).start()
+        if self.updater is not None:
+            from agent.mqtt import AgentMqtt, MqttSettings
+
+            self.updater.start()
+            self.mqtt = AgentMqtt(
+                MqttSettings.from_dict(self.cfg["mqtt"]),
+                fleet=self.fleet,
+                device=self.device,
+                on_desired=self.updater.submit,
+                on_roots=self.updater.submit_roots,
+                labels=dict(a["labels"]),
+                on_connection=lambda up: self.metrics.mqtt_connected.set(value=1 if up else 0),
+            )
+            self.mqtt.start()
+            threading.Thread(target=self._heartbeat, name="edgekit-heartbeat", daemon=True).start()
+        self._ready.set()
+        log.info("agent %s ready in %.3f s", self.device, time.monotonic() - self.started_at)
+
+    def _load_without_updater(self) -> None:
+        from agent.models import load_model
+
+        for name in self.store.model_names():
+            e = self.store.active(name)
+            if e:
+                self.registry.put(
+                    load_model(name, self.store.blob_path(e.sha256, e.format), e.version, sha256=e.sha256)
+                )
+
+    def _report(self, msg: dict[str, Any]) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_status(msg)
+
+    def _heartbeat(self) -> None:
+        period = float(self.cfg["agent"]["heartbeat_s"])
+        while not self._stop.wait(period):
+            if self.updater and self.mqtt and self.mqtt.connected.is_set():
+                self.updater.heartbeat()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "device": self.device,
+            "fleet": self.fleet,
+            "ready": self._ready.is_set(),
+            "mqtt_connected": bool(self.mqtt and self.mqtt.connected.is_set()),
+            "models": {m.name: {"version": m.version, "sha256": m.sha256} for m in self.registry.all()},
+        }
+        if self.engine.cloud is not None:
+            out["cloud_breaker"] = self.engine.cloud.breaker.state
+        if self.updater:
+            out["updates"] = self.updater.snapshot()
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.mqtt is not None:
+            self.mqtt.stop()
+        if self.updater is not None:
+            self.updater.stop()
+        if self.server is not None:
+            self.server.stop()
+        self.engine.close()
+
+    def wait(self) -> None:
+        self._stop.wait()
+
+
+def run_daemon(config_path: str | Path) -> None:
+    cfg = load_agent_config(config_path)
+    agent = Agent(cfg)
+    stop = threading.Event()
+
+    def _signal(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    agent.start()
+    if agent.server:
+        print(f"edgekit agent {agent.device}: OIP on {agent.server.url}", flush=True)
+    stop.wait()
+    agent.stop()

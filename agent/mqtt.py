@@ -1,0 +1,161 @@
+"""The agent's MQTT link (paho-mqtt 2.x, callback API v2, MQTT 3.1.1 or 5).
+
+- Fixed client id and a persistent session (v3.1.1 clean_session=False; v5 clean_start=False
+  plus a session expiry, otherwise a v5 session is lost on broker restart): QoS 1 manifests
+  published while the device was offline are delivered when it comes back.
+- Last Will on the retained `online` topic = offline; on every (re)connect it publishes
+  online=true retained and re-subscribes (cheap, and correct even if the broker lost the session).
+- paho's network thread reconnects with backoff on its own; callbacks only enqueue work so a
+  slow download never blocks keepalives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import __version__
+from edgekit import topics
+from edgekit.protocol import Online, last_will
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: str = "5"  # "5" or "3.1.1"
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    insecure: bool = False
+    keepalive: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MqttSettings:
+        known = set(cls.__dataclass_fields__)
+        clean = {k: (v if v != "" else None) for k, v in d.items() if k in known}
+        clean = {k: v for k, v in clean.items() if v is not None}
+        if "protocol" in clean:
+            clean["protocol"] = str(clean["protocol"])
+        return cls(**clean)
+
+
+class AgentMqtt:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        fleet: str,
+        device: str,
+        on_desired: Callable[[bytes], None],
+        on_roots: Callable[[bytes], None] | None = None,
+        labels: dict[str, str] | None = None,
+        on_connection: Callable[[bool], None] | None = None,
+    ):
+        self.s = settings
+        self.fleet, self.device = fleet, device
+        self.labels = labels or {}
+        self.on_desired, self.on_roots, self.on_connection = on_desired, on_roots, on_connection
+        self.t_desired = topics.desired(fleet, device)
+        self.t_status = topics.status(fleet, device)
+        self.t_online = topics.online(fleet, device)
+        self.t_roots = topics.roots(fleet)
+        self.connected = threading.Event()
+        self.v5 = self.s.protocol.startswith("5")
+        cid = self.s.client_id or f"edgekit-agent-{device}"
+        if self.v5:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        else:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv311, clean_session=False
+            )
+        c = self.client
+        if self.s.username:
+            c.username_pw_set(self.s.username, self.s.password)
+        if self.s.tls or self.s.ca or self.s.cert:
+            c.tls_set(
+                ca_certs=self.s.ca,
+                certfile=self.s.cert,
+                keyfile=self.s.key,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            if self.s.insecure:
+                c.tls_insecure_set(True)
+        c.will_set(self.t_online, last_will(device), qos=1, retain=True)
+        c.reconnect_delay_set(self.s.reconnect_min_s, self.s.reconnect_max_s)
+        c.max_queued_messages_set(1000)  # status reports made while offline are sent on reconnect
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+
+    def start(self) -> None:
+        kwargs: dict[str, Any] = {}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.s.session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+        # connect_async + loop_start: a broker that is down at boot is retried, not fatal
+        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive, **kwargs)
+        self.client.loop_start()
+
+    def stop(self, graceful: bool = True) -> None:
+        if graceful and self.connected.is_set():
+            info = self.client.publish(self.t_online, last_will(self.device), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish_status(self, msg: dict[str, Any]) -> None:
+        self.client.publish(self.t_status, json.dumps(msg, separators=(",", ":")), qos=1)
+
+    # callbacks (paho network thread) ---------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT connect refused: %s", reason_code)
+            return
+        log.info(
+            "MQTT connected to %s:%d (session present: %s)",
+            self.s.host,
+            self.s.port,
+            getattr(flags, "session_present", None),
+        )
+        client.subscribe([(self.t_desired, 1), (self.t_roots, 1)])
+        online = Online(device=self.device, online=True, labels=self.labels, agent_version=__version__)
+        client.publish(self.t_online, online.to_json(), qos=1, retain=True)
+        self.connected.set()
+        if self.on_connection:
+            self.on_connection(True)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        log.info("MQTT disconnected (%s); paho reconnects", reason_code)
+        if self.on_connection:
+            self.on_connection(False)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.t_desired:
+            self.on_desired(bytes(msg.payload))
+        elif msg.topic == self.t_roots and self.on_roots:
+            self.on_roots(bytes(msg.payload))
