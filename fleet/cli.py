@@ -1,9 +1,337 @@
-"""CLI commands of this package (registered on the root `edgekit` app)."""
+"""`edgekit fleet ...` commands. Imports stay light here: heavy modules load inside commands.
+
+How commands reach the server: `keys` and `publish` work directly on the state directory
+(files + SQLite in WAL mode, safe while the server runs); everything that drives or reads live
+state (rollouts, devices) calls the server's admin API on loopback with the token it wrote to
+<state_dir>/admin.token, because the rollout engine lives in the server process.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="fleet.toml (default: built-in defaults + env)")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+
+fleet_app = typer.Typer(
+    help="Fleet server: keys, registry, signed manifests over MQTT, staged rollouts.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="Root and release keys (root.json).", no_args_is_help=True)
+rollout_app = typer.Typer(
+    help="Staged rollouts: start, status, pause, resume, abort, cancel, list.", no_args_is_help=True
+)
+fleet_app.add_typer(keys_app, name="keys")
+fleet_app.add_typer(rollout_app, name="rollout")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(fleet_app, name="fleet")
+
+
+def _cfg(path: Path | None) -> dict[str, Any]:
+    from fleet import config
+
+    return config.load(path)
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _client(config: Path | None) -> Any:
+    from fleet.client import AdminClient
+
+    return AdminClient(_cfg(config))
+
+
+# ---- keys ------------------------------------------------------------------------------------
+@keys_app.command("init")
+def keys_init(
+    config: Path | None = ConfigOpt,
+    expires_days: int = typer.Option(365, help="Validity of root.json."),
+    force: bool = typer.Option(False, help="Overwrite existing keys (enrolled agents will refuse!)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create an offline root key and an online release key, and root.json v1 signed by root."""
+    from fleet import config as fc
+    from fleet.keys import KeyStore
+
+    cfg = _cfg(config)
+    ks = KeyStore(fc.state_dir(cfg))
+    root = ks.init(cfg["server"]["fleet"], expires_days, force)
+    info = {
+        "root_json": str(ks.root_json),
+        "version": root.version,
+        "expires": root.signed["expires"],
+        "keys_dir": str(ks.keys_dir),
+    }
+    if as_json:
+        _print_json(info)
+    else:
+        typer.echo(f"wrote {ks.root_json} (v{root.version}, expires {root.signed['expires']})")
+        typer.echo(f"private keys (0600) in {ks.keys_dir}: move root.pem offline; agents get root.json only")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    config: Path | None = ConfigOpt,
+    new_root_key: bool = typer.Option(False, help="Also replace the root key (needs the old one)."),
+    expires_days: int = typer.Option(365),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Issue a new release key in root.json version+1, signed by the old root (and the new one)."""
+    from fleet import config as fc
+    from fleet.errors import ServerUnreachableError
+    from fleet.keys import KeyStore
+
+    cfg = _cfg(config)
+    ks = KeyStore(fc.state_dir(cfg))
+    root = ks.rotate(expires_days, new_root_key)
+    reloaded = False
+    try:  # a running server must sign with the new key and republish the chain
+        _client(config).post("/api/keys/reload")
+        reloaded = True
+    except ServerUnreachableError:
+        pass
+    info = {"version": root.version, "root_json": str(ks.root_json), "server_reloaded": reloaded}
+    if as_json:
+        _print_json(info)
+    else:
+        typer.echo(f"root.json v{root.version} written; server {'reloaded' if reloaded else 'not running'}")
+
+
+# ---- serve / publish ---------------------------------------------------------------------------
+@fleet_app.command("serve")
+def serve(config: Path | None = ConfigOpt) -> None:
+    """Run the fleet server (embedded MQTT broker, SQLite, artifact HTTP) until Ctrl-C."""
+    import signal
+    import threading
+
+    from fleet.server import FleetServer
+
+    cfg = _cfg(config)
+    srv = FleetServer(cfg)
+    srv.start()
+    b, h, a = cfg["broker"], cfg["http"], cfg["admin"]
+    typer.echo(
+        f"fleet {cfg['server']['fleet']!r}: mqtt {b['host']}:{b['port']}"
+        f" ({'embedded' if b['embedded'] else 'external'}), artifacts {h['public_url']},"
+        f" admin http://{a['host']}:{a['port']}, state {srv.state_dir}"
+    )
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    srv.stop()
+
+
+@fleet_app.command("publish")
+def publish(
+    src: Path = typer.Argument(..., help="Output directory of `edgekit convert`."),
+    model: str = typer.Option(..., "--model", help="Model name in the registry."),
+    version: str = typer.Option(..., "--version", help="Version string, e.g. 1.2.0."),
+    force: bool = typer.Option(False, help="Replace an already published version."),
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Store the artifacts content-addressed and record the model card (no server needed)."""
+    from fleet import config as fc
+    from fleet.server import open_state
+
+    cfg = _cfg(config)
+    db, _store, registry = open_state(fc.state_dir(cfg))
+    try:
+        stored = registry.publish(src, model, version, force)
+        smoke = registry.version(model, version)["smoke_test"] is not None
+    finally:
+        db.close()
+    rows = [
+        {"key": a.key, "sha256": a.sha256, "size": a.size, "file": a.file, "precision": a.precision}
+        for a in stored
+    ]
+    if as_json:
+        _print_json({"model": model, "version": version, "artifacts": rows, "smoke_test": smoke})
+        return
+    typer.echo(
+        f"published {model} {version}: {len(rows)} artifact(s), smoke test: {'yes' if smoke else 'no'}"
+    )
+    for r in rows:
+        typer.echo(f"  {r['key']:<14} {r['size']:>10} B  {r['sha256'][:16]}  {r['file']}")
+
+
+@fleet_app.command("models")
+def models(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Published model versions."""
+    from fleet import config as fc
+    from fleet.server import open_state
+
+    db, _s, registry = open_state(fc.state_dir(_cfg(config)))
+    try:
+        rows = registry.list()
+    finally:
+        db.close()
+    if as_json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            typer.echo(f"{r['model']} {r['version']}")
+
+
+@fleet_app.command("devices")
+def devices(
+    config: Path | None = ConfigOpt,
+    selector: str = typer.Option("", "--selector", "-s", help="label=value[,label=value]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Known devices: id, labels, online, model version, state."""
+    from fleet.devices import parse_selector
+
+    rows = _client(config).get("/api/devices")
+    sel = parse_selector(selector)
+    rows = [d for d in rows if all(d["labels"].get(k) == v for k, v in sel.items())]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("device", "labels", "online", "model", "state", "last seen")
+    for d in rows:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(d["labels"].items()))
+        model = f"{d['active_model']} {d['active_version']}" if d["active_model"] else "-"
+        t.add_row(
+            d["id"],
+            labels,
+            "yes" if d["online"] else "no",
+            model,
+            (d["state"] or "-") + (f" ({d['reason']})" if d["reason"] else ""),
+            f"{d['last_seen_s']}s",
+        )
+    Console().print(t)
+
+
+# ---- rollouts --------------------------------------------------------------------------------------
+def _print_rollout(st: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    c.print(
+        f"[bold]{st['id']}[/] {st['model']} {st['version']}: [bold]{st['state']}[/]"
+        + (f" ({st['reason']})" if st["reason"] else "")
+        + f", wave {st['current_wave']}/{len(st['waves'])}"
+    )
+    keys = (
+        "devices",
+        "pending",
+        "downloading",
+        "active",
+        "failed",
+        "timed_out",
+        "rolling_back",
+        "rolled_back",
+        "skipped",
+    )
+    t = Table("wave", "%", *keys)
+    for w in st["waves"]:
+        t.add_row(str(w["wave"]), f"{w['percent']:g}", *(str(w[k]) for k in keys))
+    t.add_row("all", "", *(str(st["totals"][k]) for k in keys))
+    c.print(t)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    model: str = typer.Argument(...),
+    version: str = typer.Argument(...),
+    selector: str = typer.Option(
+        "", "--selector", "-s", help="label=value[,label=value]; empty = all devices"
+    ),
+    waves: str = typer.Option("5,25,100", help="Cumulative percentages of the selected devices."),
+    success_threshold: float = typer.Option(0.95, help="Share of dispatched devices active to advance."),
+    max_failure_rate: float = typer.Option(0.05, help="Share failed/timed out that aborts and rolls back."),
+    device_timeout: str = typer.Option(
+        "15m", help="A device silent this long counts as failed (30s, 15m, 1h)."
+    ),
+    devices_: str = typer.Option("", "--devices", help="Comma-separated device ids (with the selector)."),
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Start a staged rollout of MODEL VERSION."""
+    from fleet.devices import parse_selector
+    from fleet.errors import FleetError
+    from fleet.rollouts import parse_duration
+
+    try:
+        wave_list = [float(w) for w in waves.split(",") if w.strip()]
+        timeout = parse_duration(device_timeout)
+    except ValueError as e:
+        raise FleetError(f"invalid --waves or --device-timeout: {e}") from e
+    st = _client(config).post(
+        "/api/rollouts",
+        {
+            "model": model,
+            "version": version,
+            "selector": parse_selector(selector),
+            "waves": wave_list,
+            "success_threshold": success_threshold,
+            "max_failure_rate": max_failure_rate,
+            "device_timeout": timeout,
+            "devices": [d for d in devices_.split(",") if d] or None,
+        },
+    )
+    _print_json(st) if as_json else _print_rollout(st)
+
+
+@rollout_app.command("status")
+def rollout_status(rollout_id: str, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Per-wave counts: pending, downloading, active, failed, timed out, rolled back."""
+    st = _client(config).get(f"/api/rollouts/{rollout_id}")
+    _print_json(st) if as_json else _print_rollout(st)
+
+
+def _action(verb: str, rollout_id: str, config: Path | None, as_json: bool) -> None:
+    st = _client(config).post(f"/api/rollouts/{rollout_id}/{verb}")
+    _print_json(st) if as_json else _print_rollout(st)
+
+
+@rollout_app.command("pause")
+def rollout_pause(rollout_id: str, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Stop dispatching new waves (failures still abort)."""
+    _action("pause", rollout_id, config, as_json)
+
+
+@rollout_app.command("resume")
+def rollout_resume(rollout_id: str, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Continue a paused rollout."""
+    _action("resume", rollout_id, config, as_json)
+
+
+@rollout_app.command("abort")
+def rollout_abort(rollout_id: str, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Stop and roll every updated device back to its previous version."""
+    _action("abort", rollout_id, config, as_json)
+
+
+@rollout_app.command("cancel")
+def rollout_cancel(rollout_id: str, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Stop dispatching without rolling back."""
+    _action("cancel", rollout_id, config, as_json)
+
+
+@rollout_app.command("list")
+def rollout_list(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Every rollout with its state."""
+    rows = _client(config).get("/api/rollouts")
+    if as_json:
+        _print_json(rows)
+        return
+    for st in rows:
+        t = st["totals"]
+        typer.echo(
+            f"{st['id']}  {st['model']} {st['version']}  {st['state']:<9}  active {t['active']}/"
+            f"{t['devices']}  failed {t['failed'] + t['timed_out']}  {st['reason'] or ''}"
+        )

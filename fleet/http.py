@@ -9,7 +9,6 @@ bound to 127.0.0.1 by default. JSON in, JSON out; errors are {"error", "hint"} w
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -106,8 +105,12 @@ def admin_app(server: FleetServer) -> Starlette:
         server.kick()
         return server.engine.status(rid)
 
+    def reload_keys(_r: Request, _b: dict) -> Any:
+        return {"root_version": server.reload_keys()}
+
     return Starlette(
         routes=[
+            Route("/api/keys/reload", guard(reload_keys), methods=["POST"]),
             Route("/api/health", guard(health)),
             Route("/api/devices", guard(devices)),
             Route("/api/models", guard(models)),
@@ -148,7 +151,3 @@ class UvicornThread:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

@@ -104,6 +104,7 @@ class FleetServer:
             timedelta(days=float(self.cfg["server"]["manifest_ttl_days"])),
         )
         publisher.publish_roots(self.keys.root_chain())
+        self.publisher = publisher
         self.engine = RolloutEngine(self.db, self.registry, self.devices, publisher)
         self.admin_token = write_token(self.state_dir / "admin.token")
         h, a = self.cfg["http"], self.cfg["admin"]
@@ -143,6 +144,13 @@ class FleetServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def reload_keys(self) -> int:
+        """After `keys rotate`: sign with the new release key and republish the root chain."""
+        with self.db.lock:
+            self.publisher.key = self.keys.release_key()
+        self.publisher.publish_roots(self.keys.root_chain())
+        return self.keys.current_root().version
 
     def kick(self) -> None:
         """Wake the engine loop now (after an operator action) instead of at the next tick."""
