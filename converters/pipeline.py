@@ -141,9 +141,9 @@ def convert(
     (with `example_inputs`) or a Keras model. Returns the report; `report.ok` is False when any
     artifact failed, mismatched its reference, or dropped more than `max_drop` top-1 points.
     """
-    targets = [t for t in TARGET_ORDER if t in set(targets)]
     modes = list(dict.fromkeys(modes))
     _check_request(targets, modes)
+    targets = [t for t in TARGET_ORDER if t in set(targets)]
     if layout not in ("nchw", "nhwc"):
         raise EdgekitError(f"unknown layout {layout!r}", hint="choose nchw or nhwc")
     out = Path(out)
@@ -286,6 +286,11 @@ def _export_target(
     target_dir.mkdir(parents=True, exist_ok=True)
     model_copy = work / f"{target}.onnx"
     try:
+        toolchain = formats.TARGETS[target].toolchain
+        if toolchain is not None:
+            from converters.toolchains.manager import require
+
+            require(target)  # a missing toolchain fails with the command that installs it
         passes = legalize(fp32, model_copy, target)
         backend = _backend(target)
         job = ExportJob(
@@ -317,9 +322,8 @@ def _open_for_validation(target: str, res: ExportResult, card: ModelCard):
     runtime = formats.TARGETS[target].runtime
     main = res.files[0]
     if runtime == "tfjs-node":
-        from targets.runtimes.tfjs_node import TfjsNodeRuntime
-
         from converters.toolchains.manager import require
+        from targets.runtimes.tfjs_node import TfjsNodeRuntime
 
         return TfjsNodeRuntime(main, require("tfjs").node_modules)
     if runtime == "litert":

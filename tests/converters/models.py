@@ -57,10 +57,12 @@ def _nets():
     class MobileNetish(nn.Module):
         def __init__(self):
             super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
-            self.blocks = nn.Sequential(dw_block(16, 32, 2), dw_block(32, 64, 2), dw_block(64, 64, 1))
+            self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+            self.blocks = nn.Sequential(
+                dw_block(32, 64, 2), dw_block(64, 128, 2), dw_block(128, 128, 1), dw_block(128, 256, 1)
+            )
             self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(64, 10)
+            self.fc = nn.Linear(256, 10)
 
         def forward(self, x):
             return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
