@@ -25,7 +25,7 @@ toolchains: setup
 setup-test: setup system-deps toolchains
 
 demo: setup toolchains
-	$(BIN)/edgekit demo
+	$(BIN)/edgekit convert sample:digits -q none -q fp16 -q int8-dynamic -q int8 --max-drop 1.0 --out out/demo
 
 test: setup-test
 	$(BIN)/ruff check .
