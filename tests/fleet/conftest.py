@@ -9,14 +9,14 @@ import pytest
 
 from fleet import config as fleet_config
 from tests.support import mosquitto
-from tests.support.net import free_port
+from tests.support.net import free_port, free_ports
 
 FLEET = "f1"
 
 
 def server_config(tmp: Path, broker_port: int, embedded: bool, **broker: Any) -> dict[str, Any]:
     cfg = copy.deepcopy(fleet_config.DEFAULTS)
-    http_port, admin_port = free_port(), free_port()
+    http_port, admin_port = free_ports(2)
     cfg["server"].update(
         fleet=FLEET, state_dir=str(tmp / "state"), tick_seconds=0.1, client_id=f"edgekit-fleet-{FLEET}"
     )

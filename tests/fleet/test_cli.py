@@ -15,7 +15,7 @@ import pytest
 from edgekit.trust import load_trusted_root, update_root_chain
 from tests.support.convert_output import make_convert_output
 from tests.support.devices import DevicePool
-from tests.support.net import free_port, wait_port
+from tests.support.net import free_ports, wait_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,7 +29,7 @@ def edgekit(*args: str, cfg: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def write_config(tmp: Path) -> tuple[Path, dict[str, int]]:
-    ports = {"mqtt": free_port(), "http": free_port(), "admin": free_port()}
+    ports = dict(zip(("mqtt", "http", "admin"), free_ports(3), strict=True))
     cfg = tmp / "fleet.toml"
     cfg.write_text(
         f'[server]\nfleet = "cli"\nstate_dir = "{tmp / "state"}"\ntick_seconds = 0.1\n'
