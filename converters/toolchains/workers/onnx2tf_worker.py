@@ -1,0 +1,297 @@
+"""ONNX -> TensorFlow SavedModel + .tflite files, with onnx2tf, in one run (tensorflow toolchain).
+
+Request: {"model": path, "out_dir": dir, "precisions": [float32|float16|dynamic_range|full_integer],
+          "layout": "nchw"|"nhwc", "calibration_npz": path|null}
+Reply:   {"files": {precision: path}, "saved_model": dir, "output_names": {precision: [...]},
+          "inputs": [...], "outputs": [...], "versions": {...}, "convert_seconds": float}
+
+Runs inside the toolchain interpreter: stdlib + the environment's packages only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from _worker import WorkerError, captured, main, tail, versions
+
+# onnx2tf's file name suffix for each precision we ask for. It also writes integer_quant (float
+# I/O) and *_with_int16_act files when integer quantization is on; we do not ship those (the int16
+# I/O variant is not even correct through the LiteRT Python API).
+SUFFIX = {
+    "float32": "_float32.tflite",
+    "float16": "_float16.tflite",
+    "dynamic_range": "_dynamic_range_quant.tflite",
+    "full_integer": "_full_integer_quant.tflite",
+}
+
+
+def _unsupported_ops(model: Any) -> list[tuple[str, str]]:
+    """(op, node) for nodes onnx2tf has no converter module for; it imports `onnx2tf.ops.<OpType>`."""
+    missing = []
+    for node in model.graph.node:
+        if importlib.util.find_spec(f"onnx2tf.ops.{node.op_type}") is None:
+            missing.append((node.op_type, node.name or f"<unnamed {node.op_type}>"))
+    return missing
+
+
+def _offline_sample_images(seed: int = 0) -> Any:
+    """Stand-in for onnx2tf's download_test_image_data (MS-COCO crops fetched from GitHub).
+
+    onnx2tf fetches them for its internal ONNX dummy inference whenever every input looks like a
+    small-batch RGB image, and for int8 calibration when no data is given. Conversion must never
+    touch the network, and we always pass our own calibration data for int8; for the dummy
+    inference, deterministic pseudo-images in the same shape/range are enough.
+    """
+    import numpy as np
+
+    return np.random.default_rng(seed).random((20, 128, 128, 3), dtype=np.float32)
+
+
+def _calibration_files(npz_path: str, inputs: list[str], layout: str, folder: Path) -> list[list[Any]]:
+    import numpy as np
+
+    data = np.load(npz_path)
+    missing = [n for n in inputs if n not in data.files]
+    if missing:
+        raise WorkerError("bad_input", f"calibration data lacks inputs {missing}; has {data.files}")
+    params = []
+    for name in inputs:
+        x = np.asarray(data[name], dtype=np.float32)
+        if layout == "nhwc" and x.ndim >= 3:
+            # onnx2tf moves channels last on rank 3-5 inputs unless told to keep the shape.
+            x = np.moveaxis(x, 1, -1)
+        path = folder / f"calib_{len(params)}.npy"
+        np.save(path, x)
+        # onnx2tf feeds (x - mean) / std; our data is already what the model expects.
+        params.append([name.replace(":", "__"), str(path), 0.0, 1.0])
+    return params
+
+
+def _output_names(tflite: Path, onnx_outputs: list[str]) -> list[str]:
+    """ONNX output names in the order LiteRT's get_output_details() lists the file's outputs.
+
+    Quantized files rename outputs (`output_0`, `Identity`); the signature, when present, maps
+    names to tensor indices, and `output_k` is the k-th ONNX output.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(tflite))
+    details = it.get_output_details()
+    sigs = it._get_full_signature_list() or {}
+    sig = next(iter(sigs.values()), None) if sigs else None
+    if sig and len(sig.get("outputs", {})) == len(details) == len(onnx_outputs):
+        by_index = {idx: name for name, idx in sig["outputs"].items()}
+        names = []
+        for d in details:
+            sname = by_index.get(d["index"], "")
+            m = re.fullmatch(r"output_(\d+)", sname)
+            if sname in onnx_outputs:
+                names.append(sname)
+            elif m and int(m.group(1)) < len(onnx_outputs):
+                names.append(onnx_outputs[int(m.group(1))])
+            else:
+                break
+        else:
+            return names
+    # No usable signature (dynamic-range files have none): onnx2tf keeps ONNX output order.
+    return list(onnx_outputs)
+
+
+def _conversion_error(exc: BaseException, log: str, model: Any) -> WorkerError:
+    node_name = getattr(exc, "onnx_op_name", None)
+    if node_name is None:
+        m = re.findall(r"onnx_op_name: (\S+)", log)
+        node_name = m[-1] if m else None
+    op = None
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("onnx2tf.ops."):
+        op = exc.name.rsplit(".", 1)[-1]
+    if node_name is not None:
+        clean = re.sub("^wa/", "/", node_name).replace("__", ":")
+        for node in model.graph.node:
+            if node.name in (node_name, clean):
+                op, node_name = node.op_type, node.name
+                break
+    if op is not None:
+        detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ModuleNotFoundError) else ""
+        msg = f"onnx2tf failed on it: {detail}" if detail else "onnx2tf has no converter for it"
+        return WorkerError("unsupported_op", msg, op=op, node=node_name, log=tail(log))
+    reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else f"exit code {exc.code}"
+    errors = [ln for ln in log.splitlines() if "ERROR" in ln]
+    return WorkerError(
+        "backend_crash", f"onnx2tf failed ({reason}) {' | '.join(errors[-3:])}".strip(), log=tail(log)
+    )
+
+
+def _convert(o2t: Any, kwargs: dict[str, Any], out: Path, model: Any, src: Path, original: str) -> None:
+    shutil.copyfile(original, src)  # a fresh copy each attempt: onnx2tf rewrote the last one
+    cwd = os.getcwd()
+    os.chdir(out)  # onnx2tf also looks for / leaves files in the working directory
+    try:
+        with captured() as log:
+            try:
+                o2t.convert(**kwargs)
+            except (Exception, SystemExit) as e:
+                raise _conversion_error(e, log.getvalue(), model) from e
+    finally:
+        os.chdir(cwd)
+
+
+def _probe_inputs(npz: str | None, model: Any, inputs: list[str]) -> dict[str, Any]:
+    """Two real samples per input (validation data), or seeded noise shaped like the ONNX inputs."""
+    import numpy as np
+
+    if npz:
+        data = np.load(npz)
+        if all(n in data.files and len(data[n]) >= 2 for n in inputs):
+            return {n: np.asarray(data[n][:2], dtype=np.float32) for n in inputs}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inputs:
+            dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+            dims[0] = 2 if not vi.type.tensor_type.shape.dim[0].dim_value else dims[0]
+            feeds[vi.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def _probe(saved: Path, model: Any, feeds: dict[str, Any], layout: str) -> dict[str, Any]:
+    """Run the SavedModel and onnxruntime on the same batch; did onnx2tf keep the numbers (and batch)?"""
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        ref = sess.run(None, feeds)
+    except Exception as e:  # ORT cannot run it (custom ops): nothing to compare with
+        return {"ok": True, "skipped": f"onnxruntime cannot run the model: {e}"[:300]}
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    tf_feeds = {}
+    for name, x in feeds.items():
+        if layout == "nhwc" and x.ndim >= 3:
+            x = np.moveaxis(x, 1, -1)
+        tf_feeds[name.replace(":", "__")] = tf.constant(x)
+    try:
+        got = fn(**tf_feeds)
+    except Exception as e:
+        return {"ok": False, "batch": int(next(iter(feeds.values())).shape[0]), "error": str(e)[:300]}
+    keys = list(got)
+    outs = [o.name for o in model.graph.output]
+    worst = 0.0
+    for i, name in enumerate(outs):
+        key = name if name in got else f"output_{i}" if f"output_{i}" in got else keys[i]
+        y, r = got[key].numpy(), ref[i]
+        if y.shape != r.shape and y.ndim >= 3:
+            y = np.moveaxis(y, -1, 1)  # onnx2tf may leave image-like outputs channels-last
+        if y.shape != r.shape:
+            return {"ok": False, "error": f"output {name}: shape {list(y.shape)} vs onnx {list(r.shape)}"}
+        worst = max(worst, float(np.max(np.abs(y - r)) / (1.0 + np.max(np.abs(r)))))
+    return {"ok": worst < 1e-3, "batch": int(ref[0].shape[0]) if ref[0].ndim else 1, "rel_err": worst}
+
+
+def handle(req: dict[str, Any]) -> dict[str, Any]:
+    import onnx
+
+    out = Path(req["out_dir"])
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    src = out / "model.onnx"
+    shutil.copyfile(req["model"], src)  # onnx2tf rewrites its input file in place
+    model = onnx.load(str(src))
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    outputs = [o.name for o in model.graph.output]
+    # Fail fast, before minutes of conversion; the same case is caught again below if it slips by.
+    missing = _unsupported_ops(model) if req.get("precheck", True) else []
+    if missing:
+        op, node = missing[0]
+        others = sorted({o for o, _ in missing[1:]})
+        more = f"; {len(missing) - 1} more unsupported node(s): {others}" if len(missing) > 1 else ""
+        raise WorkerError("unsupported_op", f"onnx2tf has no converter for it{more}", op=op, node=node)
+
+    precisions = set(req["precisions"]) | {"float32", "float16"}  # onnx2tf always writes these two
+    layout = req.get("layout", "nchw")
+    saved = out / "saved_model"
+    kwargs: dict[str, Any] = {
+        "input_onnx_file_path": str(src),
+        "output_folder_path": str(saved),
+        "non_verbose": True,
+        "copy_onnx_input_output_names_to_tflite": True,
+    }
+    if layout == "nchw":
+        kwargs["keep_shape_absolutely_input_names"] = inputs
+    if "dynamic_range" in precisions:
+        kwargs["output_dynamic_range_quantized_tflite"] = True
+    if "full_integer" in precisions:
+        if not req.get("calibration_npz"):
+            raise WorkerError("bad_input", "full integer quantization needs calibration data")
+        kwargs["output_integer_quantized_tflite"] = True
+        kwargs["custom_input_op_name_np_data_path"] = _calibration_files(
+            req["calibration_npz"], inputs, layout, out
+        )
+
+    import onnx2tf.onnx2tf as o2t
+
+    o2t.download_test_image_data = _offline_sample_images  # never fetch sample data
+    probe = _probe_inputs(req.get("probe_npz"), model, inputs)
+    # onnx2tf's strict mode (its default) fits transposes to a batch-1 dummy inference and can bake
+    # that batch into reshapes (Flatten -> [1, -1]): the SavedModel then declares batch None but
+    # fails on batch 2. Non-strict keeps the batch dynamic on such models. Try non-strict first and
+    # keep it only if the SavedModel matches onnxruntime on real inputs; else convert again strictly.
+    attempts = [{"disable_strict_mode": True}, {}]
+    seconds, report = 0.0, {}
+    last_exc: WorkerError | None = None
+    for extra in attempts:
+        if saved.exists():
+            shutil.rmtree(saved)
+        t0 = time.perf_counter()
+        try:
+            _convert(o2t, {**kwargs, **extra}, out, model, src, req["model"])
+        except WorkerError as e:
+            seconds += time.perf_counter() - t0
+            if e.kind == "unsupported_op":
+                raise
+            last_exc = e
+            continue
+        seconds += time.perf_counter() - t0
+        report = _probe(saved, model, probe, layout)
+        report["strict_mode"] = not extra.get("disable_strict_mode", False)
+        if report["ok"]:
+            break
+    if not saved.exists() and last_exc is not None:
+        raise last_exc
+    if report and not report["ok"] and report.get("batch", 1) > 1:
+        # Neither mode handles batch 2: accept a correct batch-1 model and say so.
+        one = _probe(saved, model, {k: v[:1] for k, v in probe.items()}, layout)
+        if one["ok"]:
+            report = {**one, "strict_mode": report["strict_mode"], "fixed_batch": 1}
+
+    files, names = {}, {}
+    for p in sorted(precisions):
+        f = saved / f"model{SUFFIX[p]}"
+        if not f.exists():
+            raise WorkerError("backend_crash", f"onnx2tf reported success but wrote no {f.name}")
+        files[p] = str(f)
+        names[p] = _output_names(f, outputs)
+    return {
+        "files": files,
+        "saved_model": str(saved),
+        "output_names": names,
+        "inputs": inputs,
+        "outputs": outputs,
+        "convert_seconds": seconds,
+        "probe": report,
+        "versions": versions("onnx2tf", "tensorflow", "onnx"),
+    }
+
+
+if __name__ == "__main__":
+    main(handle)
