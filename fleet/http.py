@@ -63,7 +63,13 @@ def admin_app(server: FleetServer) -> Starlette:
         return wrapped
 
     def health(_r: Request, _b: dict) -> dict:
-        return {"ok": True, "fleet": server.fleet, "mqtt": server.broker_address()}
+        return {
+            "ok": True,
+            "fleet": server.fleet,
+            "mqtt": server.broker_address(),
+            "messages_in": server.messages_in,
+            "manifests_sent": server.publisher.sent,
+        }
 
     def devices(_r: Request, _b: dict) -> Any:
         return server.devices.list()
