@@ -59,7 +59,15 @@ class Mosquitto:
 class Fleet:
     """The server side of the topics: publishes retained manifests, records status/online."""
 
-    def __init__(self, port: int, fleet: str = "f", device: str = "dev-1", protocol: int = mqtt.MQTTv311):
+    def __init__(
+        self,
+        port: int,
+        fleet: str = "f",
+        device: str = "dev-1",
+        protocol: int = mqtt.MQTTv311,
+        username: str | None = None,
+        password: str | None = None,
+    ):
         self.prefix = f"edgekit/{fleet}/devices/{device}"
         self.status: list[dict[str, Any]] = []
         self.online: list[dict[str, Any]] = []
@@ -71,6 +79,8 @@ class Fleet:
             [(self.prefix + "/status", 1), (self.prefix + "/online", 1)]
         )
         self.client.on_message = self._on_message
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.reconnect_delay_set(0.2, 2)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()

@@ -98,8 +98,11 @@ def test_kill9_mid_download_resumes(tmp_path: Path, model_dir: Path) -> None:
             )
         )
         wait_for(lambda: part.exists() and part.stat().st_size > 200_000, what="download started")
+        fleet.wait(lambda ms: ms and ms[-1].get("online") is True, which="online")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        # the broker publishes the Last Will: the fleet sees the device go offline
+        fleet.wait(lambda ms: ms and ms[-1].get("online") is False, which="online", timeout=20)
         had = part.stat().st_size
         assert 0 < had < len(data)
         assert json.loads(state_file.read_text())["state"] == "downloading"

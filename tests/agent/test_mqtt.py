@@ -158,3 +158,54 @@ def test_broker_restart_survived(tmp_path, files, http) -> None:
         agent.stop()
         fleet.stop()
         broker.stop()
+
+
+def test_password_auth_and_device_acl_on_embedded_broker(tmp_path, files, http) -> None:
+    """username/password from config against the embedded broker with per-device ACLs."""
+    from fleet.broker import EmbeddedBroker
+
+    port = free_port()
+    broker = EmbeddedBroker(
+        "127.0.0.1",
+        port,
+        fleet="f",
+        users={"dev-1": "s3cret", "srv": "x"},
+        allow_anonymous=False,
+        server_user="srv",
+    )
+    broker.start()
+    keys = Keys.make()
+    cfg = agent_config(tmp_path, keys, port, "3.1.1")
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    cfg["mqtt"].update(username="dev-1", password=pw.read_text().strip())
+    agent = Agent(cfg)
+    fleet = None
+    try:
+        fleet = Fleet(port, username="srv", password="x")
+        agent.start()
+        assert agent.mqtt.connected.wait(10)
+        fleet.publish_desired(
+            manifest(
+                keys, file=files / "cls_v1.onnx", url=http.url + "cls_v1.onnx", sequence=1, version="1.0"
+            )
+        )
+        fleet.wait(lambda ms: "active" in _states(ms, "1.0"))
+    finally:
+        agent.stop()
+        if fleet:
+            fleet.stop()
+        broker.stop()
+    # a wrong password never gets a session
+    (tmp_path / "b").mkdir()
+    cfg2 = agent_config(tmp_path / "b", keys, port, "3.1.1")
+    broker = EmbeddedBroker("127.0.0.1", port, fleet="f", users={"dev-1": "s3cret"}, allow_anonymous=False)
+    broker.start()
+    cfg2["mqtt"].update(username="dev-1", password="wrong")
+    bad = Agent(cfg2)
+    try:
+        bad.start()
+        assert not bad.mqtt.connected.wait(2)
+    finally:
+        bad.stop()
+        broker.stop()
