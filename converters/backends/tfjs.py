@@ -39,6 +39,17 @@ def signature_output_names(model_json: Path, onnx_outputs: list[str]) -> list[st
     return names if len(names) == len(onnx_outputs) else list(onnx_outputs)
 
 
+def rename_signature_outputs(model_json: Path, names: list[str]) -> None:
+    """Key the signature outputs by their ONNX names, so TF.js (browser or Node) reports
+    `model.outputs` as `logits` rather than `output_0`: the artifact carries its own mapping."""
+    manifest = json.loads(model_json.read_text())
+    sig = manifest.get("signature", {}).get("outputs")
+    if not sig or len(sig) != len(names) or list(sig) == names:
+        return
+    manifest["signature"]["outputs"] = dict(zip(names, sig.values(), strict=True))
+    model_json.write_text(json.dumps(manifest))
+
+
 class TfjsBackend:
     target = "tfjs"
 
@@ -100,6 +111,7 @@ class TfjsBackend:
             r.files = [Path(f) for f in out["files"]]
             r.versions = versions
             r.output_names = signature_output_names(r.files[0], list(o2t["outputs"]))
+            rename_signature_outputs(r.files[0], r.output_names)
             r.checks = {
                 "format": "tfjs_graph_model",
                 "weight_quantization": QUANTIZE[m] or "none",
