@@ -75,7 +75,9 @@ class Manifest:
 
     def __getattr__(self, name: str) -> Any:
         # fleet, device, channel, rollout, model, version, sequence, model_card, smoke_test, ...
-        signed = self.__dict__["envelope"]["signed"]
+        # Via __dict__ (not self.envelope) so copy/pickle, which probe attributes before
+        # __init__ ran, get AttributeError instead of infinite recursion.
+        signed = self.__dict__.get("envelope", {}).get("signed", {})
         if name in signed:
             return signed[name]
         raise AttributeError(name)
