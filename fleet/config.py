@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "cert": "",
         "key": "",
         "allow_anonymous": True,  # embedded broker only
+        "persistent_session": True,  # broker queues device reports while the server is down
     },
     "http": {"host": "127.0.0.1", "port": 8780, "public_url": ""},
     "admin": {"host": "127.0.0.1", "port": 8781},

@@ -28,7 +28,9 @@ class MqttLink:
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=broker["client_id"],
             protocol=mqtt.MQTTv311,
-            clean_session=True,
+            # A persistent session (fixed client id, clean_session=False) makes the broker queue
+            # QoS 1 status messages while the server restarts, so no report is lost.
+            clean_session=not broker.get("persistent_session", True),
         )
         if broker.get("username"):
             c.username_pw_set(broker["username"], broker.get("password") or None)
@@ -54,7 +56,7 @@ class MqttLink:
             self._failed = str(rc)
             log.error("broker refused the connection: %s", rc)
             return
-        # (Re)subscribe on every connect: the session is clean.
+        # (Re)subscribe on every connect: cheap, and right even when the session was lost.
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self._connected.set()
