@@ -92,6 +92,7 @@ def run_onnx2tf(job: ExportJob, precisions: set[str], work_dir: Path) -> Onnx2tf
             "out_dir": str(cache / "out"),
             "precisions": sorted(precisions),
             "layout": layout,
+            "input_layouts": {t.name: t.layout for t in job.card.inputs},
             "calibration_npz": str(job.calibration_npz) if "full_integer" in precisions else None,
             "probe_npz": str(job.inputs_npz) if job.inputs_npz and Path(job.inputs_npz).exists() else None,
         }

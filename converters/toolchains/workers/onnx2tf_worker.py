@@ -53,7 +53,30 @@ def _offline_sample_images(seed: int = 0) -> Any:
     return np.random.default_rng(seed).random((20, 128, 128, 3), dtype=np.float32)
 
 
-def _calibration_files(npz_path: str, inputs: list[str], layout: str, folder: Path) -> list[list[Any]]:
+def _input_layouts(model: Any, inputs: list[str], given: dict[str, str | None]) -> dict[str, str | None]:
+    """NCHW / NHWC / None per input: the model card's word, else guessed like edgekit's card does."""
+    out: dict[str, str | None] = {}
+    for vi in model.graph.input:
+        if vi.name not in inputs:
+            continue
+        if given.get(vi.name):
+            out[vi.name] = str(given[vi.name]).upper()
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+        guess = None
+        if len(dims) == 4:
+            c1, c3 = dims[1], dims[3]
+            if c1 in (1, 3, 4) and c3 not in (1, 3, 4):
+                guess = "NCHW"
+            elif c3 in (1, 3, 4):
+                guess = "NHWC"
+            else:
+                guess = "NCHW"
+        out[vi.name] = guess
+    return out
+
+
+def _calibration_files(npz_path: str, inputs: list[str], moved: list[str], folder: Path) -> list[list[Any]]:
     import numpy as np
 
     data = np.load(npz_path)
@@ -63,8 +86,7 @@ def _calibration_files(npz_path: str, inputs: list[str], layout: str, folder: Pa
     params = []
     for name in inputs:
         x = np.asarray(data[name], dtype=np.float32)
-        if layout == "nhwc" and x.ndim >= 3:
-            # onnx2tf moves channels last on rank 3-5 inputs unless told to keep the shape.
+        if name in moved:  # onnx2tf moved this input channels-last
             x = np.moveaxis(x, 1, -1)
         path = folder / f"calib_{len(params)}.npy"
         np.save(path, x)
@@ -160,7 +182,7 @@ def _probe_inputs(npz: str | None, model: Any, inputs: list[str]) -> dict[str, A
     return feeds
 
 
-def _probe(saved: Path, model: Any, feeds: dict[str, Any], layout: str) -> dict[str, Any]:
+def _probe(saved: Path, model: Any, feeds: dict[str, Any], moved: list[str]) -> dict[str, Any]:
     """Run the SavedModel and onnxruntime on the same batch; did onnx2tf keep the numbers (and batch)?"""
     import numpy as np
     import onnxruntime as ort
@@ -175,7 +197,7 @@ def _probe(saved: Path, model: Any, feeds: dict[str, Any], layout: str) -> dict[
     fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
     tf_feeds = {}
     for name, x in feeds.items():
-        if layout == "nhwc" and x.ndim >= 3:
+        if name in moved:
             x = np.moveaxis(x, 1, -1)
         tf_feeds[name.replace(":", "__")] = tf.constant(x)
     try:
@@ -226,8 +248,15 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
         "non_verbose": True,
         "copy_onnx_input_output_names_to_tflite": True,
     }
-    if layout == "nchw":
-        kwargs["keep_shape_absolutely_input_names"] = inputs
+    layouts = _input_layouts(model, inputs, req.get("input_layouts") or {})
+    # Which inputs onnx2tf should move channels-last: only channels-first images, only if asked.
+    moved = [n for n in inputs if layout == "nhwc" and layouts[n] == "NCHW"]
+    nhwc_in = [n for n in inputs if layouts[n] == "NHWC"]
+    keep = [n for n in inputs if n not in moved and n not in nhwc_in]
+    if nhwc_in:  # already channels-last (Keras/TF sources): onnx2tf must not transpose it again
+        kwargs["keep_nwc_or_nhwc_or_ndhwc_input_names"] = nhwc_in
+    if keep:
+        kwargs["keep_shape_absolutely_input_names"] = keep
     if "dynamic_range" in precisions:
         kwargs["output_dynamic_range_quantized_tflite"] = True
     if "full_integer" in precisions:
@@ -235,7 +264,7 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
             raise WorkerError("bad_input", "full integer quantization needs calibration data")
         kwargs["output_integer_quantized_tflite"] = True
         kwargs["custom_input_op_name_np_data_path"] = _calibration_files(
-            req["calibration_npz"], inputs, layout, out
+            req["calibration_npz"], inputs, moved, out
         )
 
     import onnx2tf.onnx2tf as o2t
@@ -255,22 +284,20 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             _convert(o2t, {**kwargs, **extra}, out, model, src, req["model"])
-        except WorkerError as e:
+        except WorkerError as e:  # a node failing in one mode may convert in the other
             seconds += time.perf_counter() - t0
-            if e.kind == "unsupported_op":
-                raise
             last_exc = e
             continue
         seconds += time.perf_counter() - t0
-        report = _probe(saved, model, probe, layout)
+        report = _probe(saved, model, probe, moved)
         report["strict_mode"] = not extra.get("disable_strict_mode", False)
         if report["ok"]:
             break
-    if not saved.exists() and last_exc is not None:
+    if not (saved / "saved_model.pb").exists() and last_exc is not None:
         raise last_exc
     if report and not report["ok"] and report.get("batch", 1) > 1:
         # Neither mode handles batch 2: accept a correct batch-1 model and say so.
-        one = _probe(saved, model, {k: v[:1] for k, v in probe.items()}, layout)
+        one = _probe(saved, model, {k: v[:1] for k, v in probe.items()}, moved)
         if one["ok"]:
             report = {**one, "strict_mode": report["strict_mode"], "fixed_batch": 1}
 
