@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def _card_for(path: Path) -> ModelCard | None:
-    # A model card travels next to each artifact as <stem>.card.json, <stem>.json or modelcard.json.
-    for c in (path.with_suffix(".card.json"), path.with_suffix(".json"), path.parent / "modelcard.json"):
+    # A model card travels next to each artifact as <stem>.card.json, <stem>.json or model_card.json (what edgekit convert writes).
+    for c in (path.with_suffix(".card.json"), path.with_suffix(".json"), path.parent / "model_card.json"):
         if c.is_file():
             try:
                 return ModelCard.load(c)

@@ -115,6 +115,15 @@ def build_app(
             return Response(out, media_type="application/json")
         return Response(out, media_type="application/octet-stream", headers={HEADER_LENGTH: str(out_hlen)})
 
+    async def unload(request: Request) -> Response:
+        # Triton's model-repository extension: stop serving a model locally (requests then follow
+        # the model's fallback policy). The store is untouched: a restart or an update loads it again.
+        name = request.path_params["name"]
+        if engine.registry.remove(name) is None:
+            return _error(404, f"model {name!r} is not loaded")
+        log.warning("model %s unloaded on request", name)
+        return JSONResponse({})
+
     async def metrics_endpoint(request: Request) -> Response:
         return PlainTextResponse(engine.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -138,6 +147,7 @@ def build_app(
         Route("/v2/models/{name}/versions/{version}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", unload, methods=["POST"]),
         Route("/agent/status", agent_status),
     ]
     if metrics:
