@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup setup-test system-deps toolchains demo test lint bench clean
+.PHONY: setup setup-test system-deps toolchains demo convert-demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +24,12 @@ toolchains: setup
 
 setup-test: setup system-deps toolchains
 
-demo: setup toolchains
-	$(BIN)/edgekit convert sample:digits -q none -q fp16 -q int8-dynamic -q int8 --max-drop 1.0 --out out/demo
+demo: setup
+	$(BIN)/edgekit demo
+
+# The foundation's main job: the bundled sample to all four targets, every precision, validated.
+convert-demo: setup toolchains
+	$(BIN)/edgekit convert sample:digits -q none -q fp16 -q int8-dynamic -q int8 --max-drop 1.0 --out out/convert
 
 test: setup-test
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ Sub-command modules are imported here, so they must stay light at import time: h
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -45,6 +46,26 @@ def _root(
     ),
 ) -> None:
     setup_logging(verbose)
+
+
+@app.command("demo")
+def demo(
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="Keep everything here (default: a temp dir)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
+) -> None:
+    """Run the whole path on embedded defaults: convert, fleet server, cloud, 3 agents, 2-wave rollout,
+    local inference and forced cloud fallbacks; exit 0 only if every step really happened."""
+    import json
+
+    from edgekit.demo import run_demo
+
+    console = Console(stderr=as_json)
+    console.width = max(console.width, 140)
+    summary = run_demo(workdir, console)
+    if as_json:
+        print(json.dumps(summary, indent=2))
 
 
 def _register() -> None:

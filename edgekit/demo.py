@@ -1,0 +1,332 @@
+"""`edgekit demo`: the whole path on embedded defaults, in one process tree cleaned up on exit.
+
+convert (int8 for the edge, fp32 for the cloud) -> fleet server (embedded broker, SQLite, artifact
+HTTP) + cloud endpoint (`edgekit serve`) -> 3 agents -> publish + 2-wave rollout -> inference on
+every agent (local), then forced fallbacks (a low-confidence input; an agent whose local model was
+unloaded) answered by the cloud -> summary. Every step is checked; the exit code is 0 only if
+every step really happened.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from edgekit.errors import EdgekitError
+from edgekit.launch import ProcessGroup, agent_service, cloud_service, fleet_service, free_ports, run_cli
+
+FLEET = "demo"
+MODEL = "digits"
+AGENTS = [
+    ("store-berlin-1", {"kind": "store-pc", "site": "berlin"}),
+    ("store-paris-2", {"kind": "store-pc", "site": "paris"}),
+    ("arm-box-3", {"kind": "arm-box", "site": "paris"}),
+]
+CONFIDENCE = 0.9  # below this top-1 probability, an agent asks the cloud (hard-example routing)
+SAMPLES_DIR = Path(__file__).parent / "samples"
+
+
+class DemoError(EdgekitError):
+    exit_code = 1
+
+
+@dataclass
+class AgentStats:
+    device: str
+    version: str = "-"
+    local: int = 0
+    cloud: int = 0
+    correct: int = 0
+    total: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    fallbacks: dict[str, int] = field(default_factory=dict)
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise DemoError(f"demo step failed: {what}")
+
+
+def infer(port: int, x: np.ndarray) -> tuple[dict[str, Any], float]:
+    doc = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
+    }
+    t0 = time.perf_counter()
+    r = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", json=doc, timeout=10)
+    ms = (time.perf_counter() - t0) * 1000
+    if r.status_code != 200:
+        raise DemoError(f"inference on :{port} returned {r.status_code}: {r.text[:200]}")
+    return r.json(), ms
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _unsure_input(model: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Blend pairs of digits until the edge model's top-1 probability is below CONFIDENCE."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    blends = np.stack([0.5 * x[i] + 0.5 * x[i + 1] for i in range(0, 200, 2)]).astype(np.float32)
+    conf = _softmax(sess.run(None, {"input": blends})[0]).max(axis=1)
+    i = int(conf.argmin())
+    _check(conf[i] < CONFIDENCE, f"no low-confidence input found (min {conf[i]:.3f})")
+    return blends[i : i + 1], float(conf[i])
+
+
+def _rollout_table(st: dict[str, Any]) -> Table:
+    t = Table(title=f"rollout {st['id']} {st['model']} {st['version']}: {st['state']}")
+    cols = (
+        "wave",
+        "percent",
+        "devices",
+        "pending",
+        "downloading",
+        "active",
+        "failed",
+        "timed_out",
+        "rolled_back",
+    )
+    for c in cols:
+        t.add_column(c, justify="right")
+    for w in st["waves"]:
+        t.add_row(*(str(w.get(c, 0)) for c in cols))
+    return t
+
+
+def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 50) -> dict[str, Any]:
+    from fleet import config as fleet_config
+    from fleet.client import AdminClient
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="edgekit-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    t_start = time.perf_counter()
+    summary: dict[str, Any] = {"workdir": str(work), "steps": {}}
+
+    # 1. convert: int8 (static, calibrated) for the edge, fp32 for the cloud; both validated.
+    console.rule("1. convert")
+    conv = work / "convert"
+    proc = run_cli(
+        "convert",
+        "sample:digits",
+        "-t",
+        "onnx",
+        "-q",
+        "none",
+        "-q",
+        "int8",
+        "--max-drop",
+        "1.0",
+        "--out",
+        str(conv),
+        "--json",
+    )
+    if proc.returncode != 0:
+        raise DemoError(f"conversion failed:\n{proc.stderr[-2000:]}{proc.stdout[-2000:]}")
+    report = json.loads(proc.stdout)
+    for a in report["artifacts"]:
+        console.print(
+            f"  {a['target']} {a['precision']:<12} {a['status']:<4} {a['bytes'] / 1024:7.1f} KiB  "
+            f"cosine {a['cosine']:.6f}  top-1 {a['top1']:.4f} (drop {a['top1_drop_pts']:+.2f} pt)"
+        )
+    _check(report["ok"], "every artifact validated")
+    summary["steps"]["convert"] = {a["precision"]: a["top1"] for a in report["artifacts"]}
+
+    b_port, h_port, a_port, c_port, *agent_ports = free_ports(4 + len(AGENTS))
+    with ProcessGroup() as group:
+        # 2. fleet server on embedded defaults, and the cloud endpoint with the fp32 model.
+        console.rule("2. fleet server + cloud endpoint")
+        fleet, fleet_toml = fleet_service(
+            work / "fleet", logs, fleet=FLEET, broker_port=b_port, http_port=h_port, admin_port=a_port
+        )
+        group.add(fleet).start(timeout=60)
+        group.add(cloud_service(conv / "onnx" / "model.onnx", logs, name=MODEL, port=c_port)).start(60)
+        console.print(f"  fleet: mqtt 127.0.0.1:{b_port} (embedded), artifacts :{h_port}, admin :{a_port}")
+        console.print(f"  cloud: http://127.0.0.1:{c_port} (edgekit serve, fp32)")
+
+        # 3. three agents, each with its own state directory and labels, enrolled with root.json.
+        console.rule("3. agents")
+        root = work / "fleet" / "root.json"
+        agents = []
+        for (device, labels), port in zip(AGENTS, agent_ports, strict=True):
+            svc, _ = agent_service(
+                work / "agents" / device,
+                logs,
+                device=device,
+                fleet=FLEET,
+                root=root,
+                broker_port=b_port,
+                server_port=port,
+                cloud_url=f"http://127.0.0.1:{c_port}",
+                labels=labels,
+                models={MODEL: {"policy": "local-first", "confidence_threshold": CONFIDENCE}},
+                heartbeat_s=2.0,
+            )
+            agents.append((device, port, group.add(svc)))
+        for device, port, svc in agents:
+            svc.start(timeout=60)
+            console.print(f"  {device}: OIP on http://127.0.0.1:{port}")
+        admin = AdminClient(fleet_config.load(fleet_toml))
+        deadline = time.monotonic() + 30
+        while len([d for d in admin.get("/api/devices") if d["online"]]) < len(AGENTS):
+            _check(time.monotonic() < deadline, "all agents came online in the fleet's device list")
+            time.sleep(0.2)
+
+        # 4. publish and roll out in two waves.
+        console.rule("4. publish + rollout")
+        pub = run_cli(
+            "fleet",
+            "publish",
+            str(conv),
+            "--model",
+            MODEL,
+            "--version",
+            "1.0.0",
+            "--config",
+            str(fleet_toml),
+            "--json",
+        )
+        if pub.returncode != 0:
+            raise DemoError(f"publish failed: {pub.stderr[-1500:]}")
+        st = admin.post(
+            "/api/rollouts",
+            {
+                "model": MODEL,
+                "version": "1.0.0",
+                "selector": {},
+                "waves": [33, 100],
+                "success_threshold": 1.0,
+                "max_failure_rate": 0.0,
+                "device_timeout": 120,
+            },
+        )
+        rid = st["id"]
+        deadline = time.monotonic() + 180
+        with Live(_rollout_table(st), console=console, refresh_per_second=4) as live:
+            while st["state"] in ("running", "paused"):
+                _check(time.monotonic() < deadline, f"rollout {rid} ended within 180 s")
+                time.sleep(0.25)
+                st = admin.get(f"/api/rollouts/{rid}")
+                live.update(_rollout_table(st))
+        console.print()
+        _check(st["state"] == "completed", f"rollout {rid} completed (it is {st['state']}: {st['reason']})")
+        _check(st["totals"]["active"] == len(AGENTS), "every device active after the rollout")
+        summary["steps"]["rollout"] = {"id": rid, "state": st["state"], "waves": len(st["waves"])}
+
+        # 5. inference: local answers, then forced fallbacks answered by the cloud.
+        console.rule("5. inference")
+        ev = np.load(SAMPLES_DIR / "digits_eval.npz")
+        x, y = ev["input"], ev["labels"]
+        stats = {d: AgentStats(d) for d, _, _ in agents}
+        for device, port, _ in agents:
+            s = stats[device]
+            for i in range(requests_per_agent):
+                body, ms = infer(port, x[i : i + 1])
+                p = body["parameters"]
+                s.total += 1
+                s.latencies_ms.append(ms)
+                s.correct += int(np.argmax(body["outputs"][0]["data"]) == y[i])
+                if p["served_by"] == "local":
+                    s.local += 1
+                    s.version = p["model_version"]
+                else:
+                    s.cloud += 1
+                    s.fallbacks[p["fallback_reason"]] = s.fallbacks.get(p["fallback_reason"], 0) + 1
+            _check(s.local > 0, f"{device} answered locally")
+            console.print(f"  {device}: {s.local} local, {s.cloud} cloud, top-1 {s.correct / s.total:.3f}")
+
+        edge_model = conv / "onnx" / "model_int8.onnx"
+        unsure, conf = _unsure_input(edge_model, x)
+        dev0, port0, _ = agents[0]
+        body, ms = infer(port0, unsure)
+        p = body["parameters"]
+        console.print(
+            f"  {dev0}: blended digit, local confidence {conf:.2f} -> served_by={p['served_by']}"
+            f" ({p.get('fallback_reason')})"
+        )
+        _check(
+            (p["served_by"], p.get("fallback_reason")) == ("cloud", "low_confidence"),
+            "a low-confidence input was answered by the cloud",
+        )
+        stats[dev0].cloud += 1
+        stats[dev0].fallbacks["low_confidence"] = stats[dev0].fallbacks.get("low_confidence", 0) + 1
+
+        dev2, port2, _ = agents[2]
+        r = httpx.post(f"http://127.0.0.1:{port2}/v2/repository/models/{MODEL}/unload", timeout=10)
+        _check(r.status_code == 200, f"{dev2} unloaded its local model")
+        for i in range(5):
+            body, ms = infer(port2, x[i : i + 1])
+            p = body["parameters"]
+            _check(
+                (p["served_by"], p.get("fallback_reason")) == ("cloud", "missing_model"),
+                f"{dev2} without a local model was answered by the cloud",
+            )
+            stats[dev2].cloud += 1
+            stats[dev2].fallbacks["missing_model"] = stats[dev2].fallbacks.get("missing_model", 0) + 1
+        console.print(f"  {dev2}: local model unloaded -> 5/5 answered by the cloud (missing_model)")
+
+        # 6. summary: the fleet's view next to what each agent served.
+        devices = {d["id"]: d for d in admin.get("/api/devices")}
+    summary["agents"] = []
+    table = Table(
+        title=f"edgekit demo: {len(AGENTS)} devices, {MODEL} 1.0.0 (int8 at the edge, fp32 in the cloud)"
+    )
+    for c in (
+        "device",
+        "labels",
+        "fleet state",
+        "version",
+        "local",
+        "cloud",
+        "fallback reasons",
+        "p50 ms",
+        "top-1",
+    ):
+        table.add_column(c)
+    for device, _, _ in agents:
+        s, d = stats[device], devices.get(device, {})
+        p50 = statistics.median(s.latencies_ms)
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(s.fallbacks.items())) or "-"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(d.get("labels", {}).items()))
+        table.add_row(
+            device,
+            labels,
+            str(d.get("state")),
+            str(d.get("active_version")),
+            str(s.local),
+            str(s.cloud),
+            reasons,
+            f"{p50:.2f}",
+            f"{s.correct / s.total:.3f}",
+        )
+        summary["agents"].append(
+            {
+                "device": device,
+                "state": d.get("state"),
+                "version": d.get("active_version"),
+                "local": s.local,
+                "cloud": s.cloud,
+                "fallbacks": s.fallbacks,
+                "p50_ms": p50,
+                "top1": s.correct / s.total,
+            }
+        )
+    console.print(table)
+    summary["seconds"] = round(time.perf_counter() - t_start, 1)
+    console.print(f"demo finished in {summary['seconds']} s; logs in {logs}")
+    return summary
