@@ -77,12 +77,17 @@ def _result(r: dict[str, Any], versions: dict[str, str]) -> ExportResult:
         return ExportResult(
             r["mode"], error=r["error"], error_kind=r.get("error_kind") or "backend_crash", versions=versions
         )
+    checks = r.get("checks", {})
+    # a package whose I/O differs from the card would break every app that trusts the card
+    mismatch = None if checks.get("io_matches_card", True) else "; ".join(checks.get("io_mismatches", []))
     return ExportResult(
         r["mode"],
         files=[Path(r["path"])],
+        error=f"coreml {r['mode']}: spec does not match the model card: {mismatch}" if mismatch else None,
+        error_kind="spec_mismatch" if mismatch else None,
         simulated_outputs=Path(r["simulated_outputs"]),
         runtime_note=r.get("runtime_note"),
-        checks=r.get("checks", {}),
+        checks=checks,
         versions=versions,
         seconds=float(r.get("seconds", 0.0)),
     )

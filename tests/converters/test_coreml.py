@@ -288,3 +288,15 @@ def test_missing_toolchain_names_install_command(tmp_path, monkeypatch):
     for r in results:
         assert not r.ok and r.error_kind == "toolchain_missing"
         assert "edgekit toolchain install coreml" in r.error
+
+
+@needs_toolchain
+def test_spec_card_mismatch_fails_the_artifact(tmp_path):
+    """A card naming the output differently from the ONNX graph: the spec check fails the artifact."""
+    card = digits_card("liar")
+    card.outputs[0].name = "probs"
+    x = {"input": np.zeros((2, 1, 8, 8), np.float32)}
+    _, results = run_backend(tmp_path, SAMPLES / "digits_cnn.onnx", card, x, ["none"])
+    (r,) = results
+    assert not r.ok and r.error_kind == "spec_mismatch"
+    assert "output names ['logits'] != card ['probs']" in r.error

@@ -175,16 +175,26 @@ def _example(inputs: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> tupl
     return tuple(torch.from_numpy(np.ascontiguousarray(inputs[s["name"]][:2])) for s in specs)
 
 
-def to_mlprogram(
-    module: torch.nn.Module, req: dict[str, Any], example: tuple[torch.Tensor, ...], fp16: bool
-) -> Any:
-    traced = torch.jit.trace(module, example, check_trace=False)
-    max_batch = int(req.get("options", {}).get("max_batch", 64))
+def onnx_io(model_path: str, card_inputs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Input specs and output names as the ONNX graph spells them (the card is checked against them).
+
+    Shapes and dtypes come from the card by position: it may pin dims the graph leaves symbolic.
+    """
+    graph = onnx.load(model_path, load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in inits]
+    specs = [{**c, "name": n} for c, n in zip(card_inputs, names, strict=False)]
+    return specs, [o.name for o in graph.output]
+
+
+def to_mlprogram(module: torch.nn.Module, ctx: dict[str, Any], fp16: bool) -> Any:
+    traced = torch.jit.trace(module, ctx["example"], check_trace=False)
+    max_batch = int(ctx["req"].get("options", {}).get("max_batch", 64))
     # fp32 outputs whatever the compute precision: the card (and every other target) says float32
-    outputs = [ct.TensorType(name=o["name"], dtype=np.float32) for o in req["outputs"]]
+    outputs = [ct.TensorType(name=n, dtype=np.float32) for n in ctx["out_names"]]
     return ct.convert(
         traced,
-        inputs=_core_ml_inputs(req["inputs"], max_batch),
+        inputs=_core_ml_inputs(ctx["in_specs"], max_batch),
         outputs=outputs,
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS16,
@@ -456,7 +466,7 @@ def export_mode(mode: str, base: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     sim_dir = Path(req.get("sim_dir") or out_dir)
     sim_dir.mkdir(parents=True, exist_ok=True)
     sim_path = sim_dir / f"{req['name']}-{mode}.simulated.npz"
-    np.savez(sim_path, **{o["name"]: v for o, v in zip(req["outputs"], outs, strict=True)})
+    np.savez(sim_path, **dict(zip(ctx["out_names"], outs, strict=True)))
     info.update(activations=act, seconds=round(time.perf_counter() - t1, 3))
     checks["simulation"] = info
     note = SIM_NOTE.format(decomp=" (decompressed)" if how else "", act=act)
@@ -477,7 +487,7 @@ def export_mode(mode: str, base: Any, ctx: dict[str, Any]) -> dict[str, Any]:
 def convert_precision(fp16: bool, ctx: dict[str, Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     try:
-        base = to_mlprogram(ctx["module"], ctx["req"], ctx["example"], fp16)
+        base = to_mlprogram(ctx["module"], ctx, fp16)
     except Exception as e:
         known = _coreml_unsupported(e)
         if known:
@@ -490,15 +500,16 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(req["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     module = onnx_to_torch(req["model"])
+    in_specs, out_names = onnx_io(req["model"], req["inputs"])
     data = np.load(req["inputs_npz"])
-    inputs = [np.asarray(data[s["name"]]) for s in req["inputs"]]
+    inputs = [np.asarray(data[s["name"]]) for s in in_specs]
     ctx: dict[str, Any] = {
         "req": req,
         "module": module,
+        "in_specs": in_specs,
+        "out_names": out_names,
         "inputs": inputs,
-        "example": _example(
-            {s["name"]: x for s, x in zip(req["inputs"], inputs, strict=True)}, req["inputs"]
-        ),
+        "example": _example(dict(zip([s["name"] for s in in_specs], inputs, strict=True)), in_specs),
         "threshold": int(req.get("options", {}).get("weight_threshold", 2048)),
     }
     results = []
