@@ -21,7 +21,6 @@ from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 FSYNC_EVERY = 4 << 20  # bytes: bound what a power loss can take back from a long download
 
 
@@ -117,7 +116,11 @@ def _fetch(
             have, mode = 0, "wb"
         synced = have
         with open(part, mode) as f:
-            for chunk in r.iter_bytes(CHUNK):
+            # iter_bytes() without a chunk size hands over what each socket read returned.
+            # iter_bytes(256 KiB) would buffer up to 256 KiB in memory first: a kill -9 or a
+            # dropped link then lost everything since the last boundary, and a slow download
+            # of an artifact smaller than that never had a byte on disk to resume from.
+            for chunk in r.iter_bytes():
                 if have + len(chunk) > size:
                     # More bytes than the manifest allows: stop before filling the disk.
                     f.write(chunk[: size + 1 - have])
