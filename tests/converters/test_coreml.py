@@ -300,3 +300,29 @@ def test_spec_card_mismatch_fails_the_artifact(tmp_path):
     (r,) = results
     assert not r.ok and r.error_kind == "spec_mismatch"
     assert "output names ['logits'] != card ['probs']" in r.error
+
+
+@needs_toolchain
+def test_unsupported_attribute_names_the_node(tmp_path):
+    """onnx2torch has a Pad converter but raises for mode="wrap": still op, node and target."""
+    pads = helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1])
+    node = helper.make_node("Pad", ["input", "pads"], ["logits"], name="wrap_pad", mode="wrap")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 10, 10])],
+        initializer=[pads],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), tmp_path / "pad.onnx")
+    card = ModelCard(
+        "pad",
+        inputs=[TensorSpec("input", "float32", ["batch", 1, 8, 8])],
+        outputs=[TensorSpec("logits", "float32", ["batch", 1, 10, 10])],
+    )
+    _, results = run_backend(
+        tmp_path, tmp_path / "pad.onnx", card, {"input": np.zeros((2, 1, 8, 8), np.float32)}, ["none"]
+    )
+    (r,) = results
+    assert r.error_kind == "unsupported_op", r.error
+    assert "Pad" in r.error and "wrap_pad" in r.error and "coreml" in r.error and "wrap" in r.error

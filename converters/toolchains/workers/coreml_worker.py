@@ -190,8 +190,15 @@ def onnx_io(model_path: str, card_inputs: list[dict[str, Any]]) -> tuple[list[di
 def to_mlprogram(module: torch.nn.Module, ctx: dict[str, Any], fp16: bool) -> Any:
     traced = torch.jit.trace(module, ctx["example"], check_trace=False)
     max_batch = int(ctx["req"].get("options", {}).get("max_batch", 64))
-    # fp32 outputs whatever the compute precision: the card (and every other target) says float32
-    outputs = [ct.TensorType(name=n, dtype=np.float32) for n in ctx["out_names"]]
+    # float outputs stay fp32 whatever the compute precision, as the card (and every other target)
+    # says; integer outputs keep the type coremltools infers (Core ML has no int64)
+    card_out = ctx["req"]["outputs"]
+    outputs = [
+        ct.TensorType(name=n, dtype=np.float32)
+        if i >= len(card_out) or card_out[i]["dtype"].startswith("float")
+        else ct.TensorType(name=n)
+        for i, n in enumerate(ctx["out_names"])
+    ]
     return ct.convert(
         traced,
         inputs=_core_ml_inputs(ctx["in_specs"], max_batch),
