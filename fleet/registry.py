@@ -136,7 +136,8 @@ class Registry:
             for entry in _read_report(src / "report.json"):
                 if entry.get("status", "ok") != "ok":
                     continue
-                files = [src / f for f in entry.get("files") or []]
+                # report.json lists files as {path, bytes, sha256} (edgekit convert); plain paths also work.
+                files = [src / (f["path"] if isinstance(f, dict) else f) for f in entry.get("files") or []]
                 if not files:
                     continue
                 for f in files:

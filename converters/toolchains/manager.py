@@ -82,7 +82,7 @@ TOOLCHAINS: dict[str, Toolchain] = {
         name="coreml",
         lock="coreml.txt",
         provides=("coreml", "torch"),
-        smoke_import="import coremltools, torch, onnx",
+        smoke_import="import coremltools, torch, onnx, sklearn.cluster",
         description="coremltools + CPU torch + onnx2torch (no torchvision)",
     ),
 }

@@ -52,11 +52,16 @@ def make_convert_output(dest: Path, name: str = "tiny", scale: float = 1.0) -> P
     }
     (dest / "model_card.json").write_text(json.dumps(card, indent=2))
     data = onnx_file.read_bytes()
-    report = [
+
+    def entry(rel: str) -> dict:
+        blob = (dest / rel).read_bytes()
+        return {"path": rel, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+
+    artifacts = [
         {
             "target": "onnx",
             "precision": "fp32",
-            "files": [onnx_file.name],
+            "files": [entry(onnx_file.name)],
             "sha256": hashlib.sha256(data).hexdigest(),
             "bytes": len(data),
             "status": "ok",
@@ -64,12 +69,14 @@ def make_convert_output(dest: Path, name: str = "tiny", scale: float = 1.0) -> P
         {
             "target": "browser",
             "precision": "fp32",
-            "files": ["tfjs/model.json", "tfjs/group1-shard1of1.bin"],
+            "files": [entry("tfjs/model.json"), entry("tfjs/group1-shard1of1.bin")],
             "sha256": None,
             "bytes": None,
             "status": "ok",
         },
         {"target": "ios", "precision": "int8", "files": [], "status": "failed"},
     ]
+    # The shape `edgekit convert` writes (converters/report.py): an object with "artifacts".
+    report = {"model": name, "ok": False, "artifacts": artifacts}
     (dest / "report.json").write_text(json.dumps(report, indent=2))
     return dest
