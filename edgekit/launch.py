@@ -77,13 +77,14 @@ class Service:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> Service:
+    def start(self, timeout: float = 30.0, wait: bool = True) -> Service:
+        """Spawn the child; with wait=False return at once (start many, then wait_ready each)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(
             self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
         log.close()
-        if self.ready_check is not None:
+        if wait and self.ready_check is not None:
             self.wait_ready(timeout)
         return self
 
