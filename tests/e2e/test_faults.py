@@ -106,6 +106,21 @@ def test_broker_restart_mid_rollout_agents_reconnect_and_it_completes(stack: Sta
         60,
         every=0.2,
     )
+    # Keep it down until wave 1 has finished on the devices: their `active` reports are made
+    # while there is no broker, so wave 2 can only go out if they get through after the restart.
+    wait_for(
+        "wave 1 to finish on the devices while the broker is down",
+        lambda: (
+            sum(
+                (u := a.status()["updates"]["models"][MODEL])["version"] == "3.0.0" and u["state"] == "active"
+                for a in stack.agents
+            )
+            >= st["waves"][0]["devices"]
+        ),
+        60,
+        every=0.2,
+    )
+    assert stack.rollout(rid)["current_wave"] == 1  # the fleet has not heard of it yet
     stack.broker.start()  # same port, same password file, ACLs and persistence settings
 
     st = stack.wait_rollout_end(rid, timeout=150)
