@@ -54,20 +54,29 @@ def _convert(src: Path, out: Path, opset: int) -> None:
 
 
 def make_mobilenetv2(
-    out_path: str | Path, input_shape: tuple[int, int, int] = (96, 96, 3), classes: int = 10, seed: int = 0
+    out_path: str | Path,
+    input_shape: tuple[int, int, int] = (96, 96, 3),
+    classes: int = 10,
+    seed: int = 0,
+    train_npz: str | Path | None = None,
+    epochs: int = 3,
 ) -> Path:
-    """Build keras.applications.MobileNetV2(weights=None) in the toolchain and save it (tests, demos)."""
-    res = manager.run_worker(
-        "keras",
-        "keras_worker.py",
-        {
-            "action": "mobilenetv2",
-            "out": str(out_path),
-            "input_shape": list(input_shape),
-            "classes": classes,
-            "seed": seed,
-        },
-    )
+    """Build keras.applications.MobileNetV2(weights=None) in the toolchain and save it (tests, demos).
+
+    Without train_npz the weights stay random (BatchNorm re-estimated on noise): fine for fp32
+    parity, but such a network amplifies any perturbation, so int8 parity needs a trained one:
+    train_npz (x: (N, *input_shape) float32, y: (N,) labels) gets a short fit first.
+    """
+    request = {
+        "action": "mobilenetv2",
+        "out": str(out_path),
+        "input_shape": list(input_shape),
+        "classes": classes,
+        "seed": seed,
+    }
+    if train_npz is not None:
+        request.update(train_npz=str(train_npz), epochs=epochs)
+    res = manager.run_worker("keras", "keras_worker.py", request)
     if not res.data.get("ok"):
         raise BackendError(f"building MobileNetV2 failed: {res.data.get('error', {}).get('message')}")
     return Path(out_path)

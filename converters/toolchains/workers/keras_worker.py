@@ -5,6 +5,10 @@ Requests:
       -> {"inputs": [...], "outputs": [...], "versions": {...}}
   {"action": "mobilenetv2", "out": x.keras, "input_shape": [96, 96, 3], "classes": 10, "seed": 0}
       -> {"path": ..., "params": int}   (weights=None: random init, never downloads)
+      optional "train_npz": .npz with x (N, *input_shape) float32 and y (N,) int labels, "epochs": 3:
+      a short fit on that data (then BatchNorm re-estimated on it) for a well-conditioned model.
+      Random-weight MobileNetV2 is chaotic: any small perturbation (int8 rounding, 1% input noise)
+      changes its logits as much as a different input would, so quantization parity needs training.
 
 Keras 3 models are traced through a tf.function with the model's own input signature
 (tf2onnx.convert.from_keras expects the legacy tf.keras graph and fails on Keras 3 models).
@@ -102,10 +106,32 @@ def mobilenetv2(req: dict[str, Any]) -> dict[str, Any]:
         alpha=float(req.get("alpha", 1.0)),
         classifier_activation=req.get("classifier_activation"),  # None: logits, better for parity
     )
-    if req.get("recalibrate_bn", True):
+    reply: dict[str, Any] = {}
+    if req.get("train_npz"):
+        reply = _train(model, req["train_npz"], int(req.get("epochs", 3)))
+    elif req.get("recalibrate_bn", True):
         _recalibrate_batchnorm(model, req.get("input_shape", (96, 96, 3)), int(req.get("seed", 0)))
     model.save(req["out"])
-    return {"path": req["out"], "params": int(model.count_params())}
+    return {"path": req["out"], "params": int(model.count_params()), **reply}
+
+
+def _train(model: Any, npz: str, epochs: int) -> dict[str, Any]:
+    """Fit on the given data (Adam 1e-3, batch 64), then set BatchNorm statistics from it."""
+    import keras
+    import numpy as np
+
+    data = np.load(npz)
+    x, y = np.asarray(data["x"], dtype="float32"), np.asarray(data["y"]).astype("int64")
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    hist = model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    # MobileNetV2's BN momentum is 0.999: a few epochs leave the moving statistics far from the
+    # data's, so store the statistics of (part of) the training data, as _recalibrate_batchnorm does.
+    _set_bn_stats(model, x[:256])
+    return {"train_accuracy": float(hist.history["accuracy"][-1])}
 
 
 def _recalibrate_batchnorm(model: Any, input_shape: Any, seed: int) -> None:
@@ -116,10 +142,15 @@ def _recalibrate_batchnorm(model: Any, input_shape: Any, seed: int) -> None:
     training-mode pass with momentum 0 stores each layer's actual statistics, so the network is
     normalized like a trained one (what BN re-estimation does after pruning/quantization).
     """
-    import keras
     import numpy as np
 
-    x = np.random.default_rng(seed).uniform(-1, 1, (32, *input_shape)).astype("float32")
+    _set_bn_stats(model, np.random.default_rng(seed).uniform(-1, 1, (32, *input_shape)).astype("float32"))
+
+
+def _set_bn_stats(model: Any, x: Any) -> None:
+    """One training-mode pass with momentum 0: every BatchNorm stores the batch statistics of x."""
+    import keras
+
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.momentum for layer in bns]
     for layer in bns:
