@@ -13,6 +13,7 @@ import importlib
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,7 @@ def _run(
         ref_info["top1"] = validate.top1(reference, data.labels)
 
     rows: list[ArtifactReport] = []
+    export_seconds: dict[str, float] = {}  # wall time of each target's whole export step
     for target in targets:
         wanted = [m for m in modes if formats.support(target, m)[0]]
         for m in modes:
@@ -246,7 +248,9 @@ def _run(
         if not wanted:
             continue
         prog.step(f"{target}: converting ({', '.join(wanted)})")
+        t0 = time.perf_counter()
         results = _export_target(target, wanted, fp32, card, out, work, inputs_npz, calib_npz, layout)
+        export_seconds[target] = round(time.perf_counter() - t0, 3)
         for res in results:
             prog.step(f"{target} {res.mode}: validating")
             row = _validate(target, res, card, data, reference, ref_info, out)
@@ -274,6 +278,7 @@ def _run(
         edgekit_version=__version__,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         optimize=opt_info,
+        export_seconds=export_seconds,
     )
     report.save(out / "report.json")
     return report

@@ -59,6 +59,7 @@ class Report:
     edgekit_version: str = ""
     created_at: str = ""
     optimize: dict[str, Any] = field(default_factory=dict)
+    export_seconds: dict[str, float] = field(default_factory=dict)  # per target, subprocesses included
 
     @property
     def ok(self) -> bool:

@@ -67,7 +67,59 @@ def _nets():
         def forward(self, x):
             return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
 
-    return DigitsCNN, MobileNetish
+    def inverted_residual(cin, cout, stride, expand):
+        hidden = cin * expand
+        layers = (
+            [] if expand == 1 else [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        )
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        body = nn.Sequential(*layers)
+
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body, self.residual = body, stride == 1 and cin == cout
+
+            def forward(self, x):
+                return x + self.body(x) if self.residual else self.body(x)
+
+        return Block()
+
+    class MobileNetV2(nn.Module):
+        """The MobileNetV2 architecture (width 1.0, 3.5 M parameters at 1000 classes), 1 input channel."""
+
+        CONFIG = (
+            (1, 16, 1, 1),
+            (6, 24, 2, 2),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+            (6, 160, 3, 2),
+            (6, 320, 1, 1),
+        )
+
+        def __init__(self, classes: int = 10):
+            super().__init__()
+            layers = [nn.Conv2d(1, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()]
+            cin = 32
+            for t, c, n, s in self.CONFIG:
+                for i in range(n):
+                    layers.append(inverted_residual(cin, c, s if i == 0 else 1, t))
+                    cin = c
+            layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
+            self.features = nn.Sequential(*layers)
+            self.classifier = nn.Linear(1280, classes)
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    return DigitsCNN, MobileNetish, MobileNetV2
 
 
 def train(kind: str = "cnn", epochs: int = 15, seed: int = 0, size: int = 8):
@@ -76,8 +128,8 @@ def train(kind: str = "cnn", epochs: int = 15, seed: int = 0, size: int = 8):
 
     torch.manual_seed(seed)
     x_tr, x_te, y_tr, y_te = digits_data(seed, size)
-    DigitsCNN, MobileNetish = _nets()
-    model = DigitsCNN() if kind == "cnn" else MobileNetish()
+    DigitsCNN, MobileNetish, MobileNetV2 = _nets()
+    model = {"cnn": DigitsCNN, "mobilenetish": MobileNetish, "mobilenetv2": MobileNetV2}[kind]()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x_tr), torch.from_numpy(y_tr)
     for _ in range(epochs):
