@@ -87,28 +87,9 @@ def _unsure_input(model: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
     return blends[i : i + 1], float(conf[i])
 
 
-def _rollout_table(st: dict[str, Any]) -> Table:
-    t = Table(title=f"rollout {st['id']} {st['model']} {st['version']}: {st['state']}")
-    cols = (
-        "wave",
-        "percent",
-        "devices",
-        "pending",
-        "downloading",
-        "active",
-        "failed",
-        "timed_out",
-        "rolled_back",
-    )
-    for c in cols:
-        t.add_column(c, justify="right")
-    for w in st["waves"]:
-        t.add_row(*(str(w.get(c, 0)) for c in cols))
-    return t
-
-
 def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 50) -> dict[str, Any]:
     from fleet import config as fleet_config
+    from fleet.cli import rollout_table
     from fleet.client import AdminClient
 
     work = Path(workdir or tempfile.mkdtemp(prefix="edgekit-demo-"))
@@ -217,12 +198,12 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         )
         rid = st["id"]
         deadline = time.monotonic() + 180
-        with Live(_rollout_table(st), console=console, refresh_per_second=4) as live:
+        with Live(rollout_table(st), console=console, refresh_per_second=4) as live:
             while st["state"] in ("running", "paused"):
                 _check(time.monotonic() < deadline, f"rollout {rid} ended within 180 s")
                 time.sleep(0.25)
                 st = admin.get(f"/api/rollouts/{rid}")
-                live.update(_rollout_table(st))
+                live.update(rollout_table(st))
         console.print()
         _check(st["state"] == "completed", f"rollout {rid} completed (it is {st['state']}: {st['reason']})")
         _check(st["totals"]["active"] == len(AGENTS), "every device active after the rollout")

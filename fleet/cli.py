@@ -215,32 +215,29 @@ def devices(
 
 
 # ---- rollouts --------------------------------------------------------------------------------------
-def _print_rollout(st: dict[str, Any]) -> None:
-    from rich.console import Console
+def rollout_table(st: dict[str, Any]) -> Any:
+    """Per-wave counts of a rollout status (the admin API's JSON) as a rich Table."""
     from rich.table import Table
 
-    c = Console()
-    c.print(
+    from fleet.rollouts import COUNT_KEYS
+
+    keys = ("devices", *COUNT_KEYS)
+    title = (
         f"[bold]{st['id']}[/] {st['model']} {st['version']}: [bold]{st['state']}[/]"
         + (f" ({st['reason']})" if st["reason"] else "")
         + f", wave {st['current_wave']}/{len(st['waves'])}"
     )
-    keys = (
-        "devices",
-        "pending",
-        "downloading",
-        "active",
-        "failed",
-        "timed_out",
-        "rolling_back",
-        "rolled_back",
-        "skipped",
-    )
-    t = Table("wave", "%", *keys)
+    t = Table("wave", "%", *keys, title=title)
     for w in st["waves"]:
         t.add_row(str(w["wave"]), f"{w['percent']:g}", *(str(w[k]) for k in keys))
     t.add_row("all", "", *(str(st["totals"][k]) for k in keys))
-    c.print(t)
+    return t
+
+
+def _print_rollout(st: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    Console().print(rollout_table(st))
 
 
 @rollout_app.command("start")

@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 
 from edgekit.launch import Service, agent_service, cloud_service, fleet_service, free_ports, run_cli
-from tests.e2e.broker import RestartableMosquitto
 from tests.e2e.proxy import ThrottlingProxy
+from tests.support.mosquitto import Mosquitto
 
 FLEET = "e2e"
 MODEL = "digits"
@@ -94,7 +94,7 @@ class Agent:
 class Stack:
     work: Path
     logs: Path
-    broker: RestartableMosquitto
+    broker: Mosquitto
     proxy: ThrottlingProxy
     fleet: Service
     fleet_toml: Path
@@ -251,7 +251,7 @@ def build_stack(work: Path, n_agents: int = 10, cloud_only: int = 1) -> Stack:
     passwords = {d: f"pw-{d}-{i * 7919}" for i, d in enumerate(devices)}
     b_port, h_port, a_port, p_port, c_port, *agent_ports = free_ports(5 + n_agents)
 
-    broker = RestartableMosquitto(
+    broker = Mosquitto(
         FLEET, passwords, server_user="fleet-server", server_password="srv-pw", port=b_port
     )
     broker.start()

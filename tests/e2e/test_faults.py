@@ -98,7 +98,7 @@ def test_broker_restart_mid_rollout_agents_reconnect_and_it_completes(stack: Sta
 
     st = stack.rollout(rid)
     assert st["state"] == "running" and st["current_wave"] == 1, st  # the fault lands mid-rollout
-    stack.broker.kill_process()
+    stack.broker.terminate()
     # Every agent notices the broker is gone (no fixed sleep: the condition is the fault window).
     wait_for(
         "every agent to see the broker down",

@@ -84,7 +84,8 @@ class Mosquitto:
             ) from None
         return self
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Stop the broker process only (SIGTERM, then SIGKILL); keep its files and port."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -94,6 +95,15 @@ class Mosquitto:
                 self.proc.wait()
         if getattr(self, "log", None):
             self.log.close()
+
+    def restart(self) -> None:
+        """A broker restart: same port, password file and ACL; sessions and retained messages
+        are gone (persistence is off), as after a crash of a broker without a persistent store."""
+        self.terminate()
+        self.start()
+
+    def stop(self) -> None:
+        self.terminate()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Mosquitto:
