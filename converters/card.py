@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
-from converters.sources import SAMPLES_DIR, Source
+from converters.sources import Source
 from edgekit.modelcard import ModelCard, TensorSpec, guess_layout
 
 
@@ -51,7 +51,7 @@ def build_card(
     outputs = [_spec(v) for v in model.graph.output]
     extra: dict[str, Any] = {}
     if source.sample:
-        extra = json.loads((SAMPLES_DIR / f"{source.sample}.json").read_text())
+        extra = json.loads(source.sample_file("card").read_text())
     if task is None:
         # A single 2-D float output is what classifiers emit; that enables top-1 and confidence routing.
         task = extra.get("task") or (

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from converters.data import Dataset, load_npz
 from converters.legalize import legalize
 from converters.optimize import optimize
 from converters.report import DROP, FAILED, MISMATCH, OK, SKIPPED, ArtifactReport, FileEntry, Report
-from converters.sources import SAMPLES_DIR, load_source, sha256_file
+from converters.sources import load_source, sha256_file
 from edgekit import __version__
 from edgekit.errors import DataError, EdgekitError
 from edgekit.modelcard import ModelCard
@@ -44,6 +45,27 @@ BACKENDS = {
 # tflite before tfjs: the TF.js backend reuses the SavedModel onnx2tf wrote for TFLite.
 TARGET_ORDER = ("onnx", "tflite", "tfjs", "coreml")
 EVAL_LIMIT = 512  # samples used for parity when no eval set is given
+
+
+@dataclass
+class ConvertRequest:
+    """What `convert` was asked for (see its docstring)."""
+
+    model: Any
+    targets: list[str]
+    modes: list[str]
+    out: Path
+    calibration: str | Path | None
+    eval_data: str | Path | None
+    max_drop: float | None
+    example_inputs: Any
+    layout: str
+    name: str | None
+    labels: list[str] | None
+    input_names: list[str] | None
+    output_names: list[str] | None
+    chosen_by: dict[tuple[str, str], str]
+    profile: str | None
 
 
 def _backend(target: str):
@@ -148,61 +170,44 @@ def convert(
     if layout not in ("nchw", "nhwc"):
         raise EdgekitError(f"unknown layout {layout!r}", hint="choose nchw or nhwc")
     out = Path(out)
+    req = ConvertRequest(
+        model,
+        targets,
+        modes,
+        out,
+        calibration,
+        eval_data,
+        max_drop,
+        example_inputs,
+        layout,
+        name,
+        labels,
+        input_names,
+        output_names,
+        chosen_by or {},
+        profile,
+    )
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".edgekit-work-", dir=out))
     try:
         with _Progress(progress) as prog:
-            return _run(
-                model,
-                targets,
-                modes,
-                out,
-                work,
-                prog,
-                calibration,
-                eval_data,
-                max_drop,
-                example_inputs,
-                layout,
-                name,
-                labels,
-                input_names,
-                output_names,
-                chosen_by or {},
-                profile,
-            )
+            return _run(req, work, prog)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(
-    model,
-    targets,
-    modes,
-    out,
-    work,
-    prog,
-    calibration,
-    eval_data,
-    max_drop,
-    example_inputs,
-    layout,
-    name,
-    labels,
-    input_names,
-    output_names,
-    chosen_by,
-    profile,
-) -> Report:
+def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
+    targets, modes, out, max_drop = req.targets, req.modes, req.out, req.max_drop
     prog.step("importing model")
-    source = load_source(model, work / "source", example_inputs, input_names, output_names)
+    source = load_source(req.model, work / "source", req.example_inputs, req.input_names, req.output_names)
     prog.step("optimizing (shape inference, onnxslim)")
     fp32 = work / "model.onnx"
     opt_info = optimize(source.onnx_path, fp32)
-    card = build_card(fp32, source, name=name, labels=labels)
+    card = build_card(fp32, source, name=req.name, labels=req.labels)
+    calibration, eval_data = req.calibration, req.eval_data
     if source.sample:
-        calibration = calibration or SAMPLES_DIR / f"{source.sample.split('_')[0]}_calib.npz"
-        eval_data = eval_data or SAMPLES_DIR / f"{source.sample.split('_')[0]}_eval.npz"
+        calibration = calibration or source.sample_file("calib")
+        eval_data = eval_data or source.sample_file("eval")
 
     calib = load_npz(calibration, card, "calibration") if calibration else None
     needs_calib = [
@@ -249,12 +254,12 @@ def _run(
             continue
         prog.step(f"{target}: converting ({', '.join(wanted)})")
         t0 = time.perf_counter()
-        results = _export_target(target, wanted, fp32, card, out, work, inputs_npz, calib_npz, layout)
+        results = _export_target(target, wanted, fp32, card, out, work, inputs_npz, calib_npz, req.layout)
         export_seconds[target] = round(time.perf_counter() - t0, 3)
         for res in results:
             prog.step(f"{target} {res.mode}: validating")
             row = _validate(target, res, card, data, reference, ref_info, out)
-            row.chosen_by = chosen_by.get((target, res.mode), "flag")
+            row.chosen_by = req.chosen_by.get((target, res.mode), "flag")
             rows.append(row)
 
     if max_drop is not None:
@@ -274,7 +279,7 @@ def _run(
         reference=ref_info,
         artifacts=rows,
         max_drop=max_drop,
-        profile=profile,
+        profile=req.profile,
         edgekit_version=__version__,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         optimize=opt_info,

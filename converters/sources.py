@@ -33,7 +33,14 @@ class Source:
     origin: str  # what the user gave, for the model card
     sha256: str  # of the original file (or of the exported ONNX for live objects)
     name: str
-    sample: str | None = None  # bundled sample stem, when MODEL was sample:NAME
+    sample: str | None = None  # bundled sample name, when MODEL was sample:NAME
+
+    def sample_file(self, suffix: str) -> Path:
+        """A file that ships with the bundled sample: its card metadata, calibration, eval set."""
+        assert self.sample is not None
+        return SAMPLES_DIR / {"card": f"{SAMPLES[self.sample]}.json"}.get(
+            suffix, f"{self.sample}_{suffix}.npz"
+        )
 
 
 def sha256_file(path: Path) -> str:
@@ -90,7 +97,7 @@ def load_source(
         if stem is None:
             raise EdgekitError(f"unknown sample {model!r}", hint=f"choose from {', '.join(SAMPLES)}")
         src = load_source(SAMPLES_DIR / f"{stem}.onnx", work_dir)
-        src.origin, src.sample = model, stem
+        src.origin, src.sample = model, model[len(SAMPLE_PREFIX) :]
         return src
     if isinstance(model, str | Path):
         path = Path(model)
