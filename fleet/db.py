@@ -1,4 +1,4 @@
-"""SQLite state of the fleet server: registry, devices, rollouts. One file, WAL mode.
+"""SQLite state of the fleet server: registry, devices, rollouts, desired state. One file, WAL mode.
 
 One connection shared by the server's threads behind a lock: writes are tiny and SQLite
 serializes them anyway; batching status updates into one transaction is what makes 5,000
@@ -7,11 +7,14 @@ devices cheap (see fleet.devices).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -38,6 +41,10 @@ CREATE TABLE IF NOT EXISTS rollout_devices (
     rollback_sequence INTEGER, sent_at REAL, updated REAL, reason TEXT,
     PRIMARY KEY (rollout, device));
 CREATE INDEX IF NOT EXISTS rollout_devices_device ON rollout_devices (device);
+CREATE TABLE IF NOT EXISTS desired (                  -- the desired-state shadow (fleet.desired)
+    device TEXT PRIMARY KEY,
+    payload BLOB NOT NULL,                            -- exact bytes last published; empty = cleared
+    sequence INTEGER, updated REAL NOT NULL);
 """
 
 
@@ -52,6 +59,7 @@ class Database:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        self._after_commit: list[Callable[[], None]] = []
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -65,8 +73,24 @@ class Database:
                 yield self.conn
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self._after_commit.clear()
                 raise
             self.conn.execute("COMMIT")
+            hooks, self._after_commit = self._after_commit, []
+            for fn in hooks:  # still under the lock: side effects happen in commit order
+                try:
+                    fn()
+                except Exception:  # committed is committed; the hook's owner must cope
+                    log.exception("after-commit hook failed")
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` once the current transaction has committed (dropped if it rolls back);
+        at once when no transaction is open. Hooks run under the lock, in commit order."""
+        with self.lock:
+            if self.conn.in_transaction:
+                self._after_commit.append(fn)
+            else:
+                fn()
 
     def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self.lock:

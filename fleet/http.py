@@ -69,6 +69,8 @@ def admin_app(server: FleetServer) -> Starlette:
             "mqtt": server.broker_address(),
             "messages_in": server.messages_in,
             "manifests_sent": server.publisher.sent,
+            "resyncs": server.resyncs,
+            "desired_republished": server.publisher.republished,
         }
 
     def devices(_r: Request, _b: dict) -> Any:

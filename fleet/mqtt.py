@@ -18,10 +18,20 @@ MessageHandler = Callable[[str, bytes], None]
 
 
 class MqttLink:
-    def __init__(self, broker: dict[str, Any], on_message: MessageHandler, subscriptions: list[str]):
+    def __init__(
+        self,
+        broker: dict[str, Any],
+        on_message: MessageHandler,
+        subscriptions: list[str],
+        on_reconnect: Callable[[], None] | None = None,
+    ):
+        """`on_reconnect` is called on paho's network thread after every successful connect but
+        the first (the broker may have lost its retained messages): it must only hand work off."""
         self.cfg = broker
         self.subscriptions = subscriptions
         self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        self.connects = 0
         self._connected = threading.Event()
         self._failed: str | None = None
         c = mqtt.Client(
@@ -59,8 +69,14 @@ class MqttLink:
         # (Re)subscribe on every connect: cheap, and right even when the session was lost.
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
+        self.connects += 1
         self._connected.set()
         log.info("connected to broker %s:%s", self.cfg["host"], self.cfg["port"])
+        if self.connects > 1 and self._on_reconnect is not None:
+            try:
+                self._on_reconnect()
+            except Exception:  # never kill paho's network thread
+                log.exception("error in the reconnect handler")
 
     def _disconnected_cb(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
         self._connected.clear()

@@ -1,8 +1,9 @@
 """FleetServer: wires registry, devices, rollouts, MQTT, HTTP together and runs the event loop.
 
-Threads: paho's network thread only enqueues messages; one engine thread drains the queue in
-batches (one SQLite transaction per batch: thousands of status messages per second stay cheap)
-and runs the rollout engine's tick; uvicorn threads serve artifacts and the admin API.
+Threads: paho's network thread only enqueues messages (and a "resync" event on every reconnect);
+one engine thread drains the queue in batches (one SQLite transaction per batch: thousands of
+status messages per second stay cheap), runs the rollout engine's tick and re-publishes the
+desired-state shadow; uvicorn threads serve artifacts and the admin API.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgekit import topics
 from edgekit.protocol import Online, ProtocolError, Status
 from fleet import config as fleet_config
 from fleet.db import Database
+from fleet.desired import DesiredStore
 from fleet.devices import DeviceRegistry, record_online, record_status
 from fleet.keys import KeyStore
 from fleet.mqtt import MqttLink
@@ -30,6 +32,8 @@ from fleet.rollouts import RolloutEngine
 from fleet.store import ArtifactStore
 
 log = logging.getLogger(__name__)
+
+RESYNC = "resync"  # engine-loop event: the MQTT link reconnected; re-publish the desired shadow
 
 
 def open_state(state_dir: Path) -> tuple[Database, ArtifactStore, Registry]:
@@ -55,6 +59,7 @@ class FleetServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.db, self.store, self.registry = open_state(self.state_dir)
         self.devices = DeviceRegistry(self.db)
+        self.desired = DesiredStore(self.db)
         self.keys = KeyStore(self.state_dir)
         self.broker: Any = None
         self.link: MqttLink | None = None
@@ -65,6 +70,7 @@ class FleetServer:
         self._thread: threading.Thread | None = None
         self._http: list[Any] = []
         self.messages_in = 0
+        self.resyncs = 0
 
     def broker_address(self) -> str:
         return f"{self.cfg['broker']['host']}:{self.cfg['broker']['port']}"
@@ -93,18 +99,21 @@ class FleetServer:
             b,
             self._on_message,
             [topics.all_devices(self.fleet, "status"), topics.all_devices(self.fleet, "online")],
+            on_reconnect=lambda: self._events.put(("", RESYNC, b"")),
         )
         self.link.connect()
         publisher = Publisher(
             self.link,
+            self.desired,
             self.fleet,
             self.keys.release_key(),
             self.cfg["http"]["public_url"],
             self.cfg["server"]["channel"],
             timedelta(days=float(self.cfg["server"]["manifest_ttl_days"])),
         )
-        publisher.publish_roots(self.keys.root_chain())
         self.publisher = publisher
+        # A restarted server may face a fresh broker (embedded, or one that lost its state).
+        self.resync()
         self.engine = RolloutEngine(self.db, self.registry, self.devices, publisher)
         self.admin_token = write_token(self.state_dir / "admin.token")
         h, a = self.cfg["http"], self.cfg["admin"]
@@ -149,8 +158,20 @@ class FleetServer:
         """After `keys rotate`: sign with the new release key and republish the root chain."""
         with self.db.lock:
             self.publisher.key = self.keys.release_key()
-        self.publisher.publish_roots(self.keys.root_chain())
+            self.publisher.publish_roots(self.keys.root_chain())
         return self.keys.current_root().version
+
+    def resync(self) -> int:
+        """Publish the root chain and every stored desired payload again, retained and
+        byte-identical: the server is the source of truth, the broker's retained messages a cache
+        that a restart without persistence or a failover can lose. Agents ignore (or resume) a
+        byte-identical manifest, so re-sending is always safe."""
+        with self.db.lock:
+            self.publisher.publish_roots(self.keys.root_chain())
+            n = self.publisher.republish()
+        self.resyncs += 1
+        log.info("re-published the root chain and %d desired states", n)
+        return n
 
     def kick(self) -> None:
         """Wake the engine loop now (after an operator action) instead of at the next tick."""
@@ -179,6 +200,11 @@ class FleetServer:
             batch = self._drain(max(0.0, next_tick - time.monotonic()))
             if any(e is None for e in batch):
                 return
+            if any(e is not None and e[1] == RESYNC for e in batch):
+                try:
+                    self.resync()
+                except Exception:  # the next reconnect retries; the stored state is intact
+                    log.exception("re-publishing desired state failed")
             try:
                 self._apply([e for e in batch if e is not None])
                 # Tick on every batch too: a wave advances as soon as its last report arrives.
@@ -193,7 +219,7 @@ class FleetServer:
         now = time.time()
         with self.db.tx() as c:
             for device, kind, payload in batch:
-                if kind == "kick" or not payload:
+                if kind in ("kick", RESYNC) or not payload:
                     continue
                 self.messages_in += 1
                 try:

@@ -4,6 +4,8 @@ Each device connects with its id as username, sets a Last Will on its `online` t
 its labels, subscribes to its `desired` topic, verifies every manifest with the real
 `edgekit.trust.ManifestVerifier`, and reports downloading -> active (or failed, or nothing) on
 `status`. One selector loop drives all clients so thousands of devices need one thread.
+Like the real agent, a byte-identical redelivery of the manifest it last accepted is a no-op
+(counted in `duplicates`); every non-empty `desired` payload is kept in `payloads`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class SimDevice:
     statuses: list[Status] = field(default_factory=list)
     manifests: list[Manifest] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    accepted: bytes | None = None  # the payload of the last manifest it accepted
+    duplicates: int = 0
     model: str | None = None
     version: str | None = None
     active_at: float | None = None
@@ -197,6 +202,10 @@ class DevicePool:
         d.received += 1
         if not msg.payload:
             return
+        d.payloads.append(bytes(msg.payload))
+        if msg.payload == d.accepted:
+            d.duplicates += 1  # the retained message again (reconnect, server resync): no-op
+            return
         try:
             m = d.verifier.verify(msg.payload) if self.verify else None
         except VerificationError as e:
@@ -205,6 +214,7 @@ class DevicePool:
             return
         assert m is not None
         d.verifier.accept(m)
+        d.accepted = bytes(msg.payload)
         d.manifests.append(m)
         outcome = d.behaviour(d, m)
         if outcome == "silent":

@@ -1,0 +1,38 @@
+"""The desired-state shadow: the exact bytes last published on each device's `desired` topic.
+
+The server, not the broker, is the source of truth for desired state (like an AWS IoT device
+shadow). A broker that loses its retained messages (restart without persistence, failover to
+another node, wiped state) would otherwise leave an offline device without its manifest for
+good: re-signing is no way out (same sequence = replay, new sequence = a different update), so
+the server keeps the signed bytes and publishes them again, byte-identical, whenever it
+(re)connects. An empty payload is a clear ("no desired state") and is kept and re-sent as such.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fleet.db import Database
+
+
+class DesiredStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def put(self, device: str, payload: bytes, sequence: int | None = None) -> None:
+        """Record what `desired` now holds for `device` (joins the caller's transaction)."""
+        with self.db.tx() as c:
+            c.execute(
+                "INSERT INTO desired (device, payload, sequence, updated) VALUES (?,?,?,?)"
+                " ON CONFLICT (device) DO UPDATE SET payload=excluded.payload,"
+                " sequence=excluded.sequence, updated=excluded.updated",
+                (device, bytes(payload), sequence, time.time()),
+            )
+
+    def get(self, device: str) -> bytes | None:
+        rows = self.db.query("SELECT payload FROM desired WHERE device=?", (device,))
+        return bytes(rows[0]["payload"]) if rows else None
+
+    def all(self) -> list[tuple[str, bytes]]:
+        rows = self.db.query("SELECT device, payload FROM desired ORDER BY device")
+        return [(r["device"], bytes(r["payload"])) for r in rows]
