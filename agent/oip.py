@@ -130,6 +130,21 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     return InferRequest(inputs, str(rid) if rid is not None else None, params, outputs, binary_default)
 
 
+def _append_tensor(
+    items: list[dict[str, Any]], blobs: list[bytes], name: str, arr: Any, binary: bool
+) -> None:
+    """One V2 tensor: JSON `data`, or the binary extension (little-endian bytes after the JSON)."""
+    arr = np.asarray(arr)
+    item: dict[str, Any] = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
+    if binary:
+        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        item["parameters"] = {"binary_data_size": len(raw)}
+        blobs.append(raw)
+    else:
+        item["data"] = arr.ravel().tolist()
+    items.append(item)
+
+
 def encode_response(
     model_name: str,
     model_version: str | None,
@@ -150,16 +165,7 @@ def encode_response(
     for name, arr in outputs.items():
         if wanted is not None and name not in wanted:
             continue
-        arr = np.asarray(arr)
-        item: dict[str, Any] = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
-        binary = wanted[name] if wanted is not None else binary_default
-        if binary:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            item["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            item["data"] = arr.ravel().tolist()
-        items.append(item)
+        _append_tensor(items, blobs, name, arr, wanted[name] if wanted is not None else binary_default)
     doc: dict[str, Any] = {"model_name": model_name, "outputs": items}
     if model_version is not None:
         doc["model_version"] = str(model_version)
@@ -180,15 +186,7 @@ def encode_request(
     items: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     for name, arr in inputs.items():
-        arr = np.asarray(arr)
-        item: dict[str, Any] = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
-        if binary:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            item["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            item["data"] = arr.ravel().tolist()
-        items.append(item)
+        _append_tensor(items, blobs, name, arr, binary)
     doc: dict[str, Any] = {"inputs": items}
     if request_id:
         doc["id"] = request_id
