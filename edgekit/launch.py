@@ -267,5 +267,10 @@ def cloud_service(
     )
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*EDGEKIT, *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`edgekit ARGS` in a subprocess (env: extra variables), output captured."""
+    return subprocess.run(
+        [*EDGEKIT, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +12,7 @@ from onnx import TensorProto, helper
 
 from converters.pipeline import convert
 from edgekit.errors import DataError, EdgekitError, InvalidModelError
-
-EDGEKIT = [sys.executable, "-m", "edgekit.cli"]
-
-
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*EDGEKIT, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
-    )
+from edgekit.launch import run_cli
 
 
 def test_truncated_onnx_is_a_clear_error(tmp_path, digits_cnn):
