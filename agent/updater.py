@@ -40,7 +40,7 @@ from edgekit.trust import (
     smoke_inputs,
     verify_artifact,
 )
-from edgekit.trust.errors import REPLAY
+from edgekit.trust.errors import EXPIRED, REPLAY
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,10 @@ class Updater:
         try:
             m = self.verifier.verify(payload)
         except VerificationError as e:
-            if e.reason == REPLAY:
-                outcome = self._on_replay(payload)
+            if e.reason in (REPLAY, EXPIRED):
+                # The fleet re-publishes desired state byte-identical (broker restarts); a copy of
+                # a manifest we already acted on is not a new refusal, even once it has expired.
+                outcome = self._on_repeat(payload, resume=e.reason == REPLAY)
                 if outcome:
                     return outcome
             claimed = _claimed(payload)
@@ -267,7 +269,7 @@ class Updater:
         self._go(m.model, S.DOWNLOADING, version=m.version, sequence=m.sequence, manifest=m.envelope)
         return self._apply(m)
 
-    def _on_replay(self, payload: bytes) -> str | None:
+    def _on_repeat(self, payload: bytes, resume: bool) -> str | None:
         try:
             env = json.loads(payload)
             model = env["signed"]["model"]
@@ -277,6 +279,8 @@ class Updater:
         if st.manifest is None or canonical_json(st.manifest) != canonical_json(env):
             return None
         if st.state in S.IN_PROGRESS:
+            if not resume:
+                return None  # an interrupted update whose manifest expired is refused, not resumed
             log.info("%s: resuming sequence %d", model, st.sequence)
             return self._apply(Manifest(st.manifest))
         return "duplicate"  # the retained message of an update already finished

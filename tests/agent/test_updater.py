@@ -205,3 +205,31 @@ def test_resume_partial_download_never_refetches_verified_bytes(tmp_path, keys, 
     payload = manifest(keys, file=files / "slow.onnx", url=http.url + "slow.onnx", sequence=2, version="1b")
     assert u.handle(payload) == "active"
     assert len(http.requests) == n
+
+
+def test_identical_copy_of_finished_manifest_is_a_duplicate_even_after_expiry(
+    tmp_path, keys, files, http
+) -> None:
+    """The fleet re-publishes desired state byte-identical after a broker restart; once the
+    manifest has expired that copy must not be reported as a failed (expired) update."""
+    reports: list = []
+    u = make_updater(tmp_path, keys, reports)
+    payload = manifest(
+        keys, file=files / "cls_v1.onnx", url=http.url + "cls_v1.onnx", sequence=1, version="1.0"
+    )
+    assert u.handle(payload) == "active"
+    reports.clear()
+    u.verifier._now = utcnow() + timedelta(days=400)  # long after expires_at
+    assert u.handle(payload) == "duplicate"
+    assert reports == []
+    assert u.registry.get("cls").version == "1.0"
+    # A *different* expired manifest is still refused.
+    other = manifest(
+        keys,
+        file=files / "cls_v2.onnx",
+        url=http.url + "cls_v2.onnx",
+        sequence=2,
+        version="2.0",
+        smoke_bias=0.5,
+    )
+    assert u.handle(other) == "refused:expired"
