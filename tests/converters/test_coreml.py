@@ -22,7 +22,6 @@ from converters.backends.base import ExportJob, ExportResult
 from converters.backends.coreml import CoreMLBackend
 from converters.toolchains import manager
 from edgekit.modelcard import ModelCard, TensorSpec
-from tests.converters import models
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "edgekit" / "samples"
@@ -49,10 +48,10 @@ needs_toolchain = pytest.mark.skipif(
 )
 
 
-def digits_card(name: str) -> ModelCard:
+def digits_card(name: str, size: int = 8) -> ModelCard:
     return ModelCard(
         name,
-        inputs=[TensorSpec("input", "float32", ["batch", 1, 8, 8], "NCHW")],
+        inputs=[TensorSpec("input", "float32", ["batch", 1, size, size], "NCHW")],
         outputs=[TensorSpec("logits", "float32", ["batch", 10])],
     )
 
@@ -82,10 +81,13 @@ def exported(request, tmp_path_factory) -> dict[str, Any]:
         onnx_path = SAMPLES / "digits_cnn.onnx"
         ev = np.load(SAMPLES / "digits_eval.npz")
         x, y = ev["input"], ev["labels"]
-    else:
-        model, _, (x, y), _ = models.train("mobilenet")
-        onnx_path = models.export_onnx(model, tmp / "mobilenetish.onnx")
-    job, results = run_backend(tmp, onnx_path, digits_card(request.param), {"input": x}, MODES)
+    else:  # the session's trained MobileNet-style net (tests/converters/conftest.py), 16x16 digits
+        mn = request.getfixturevalue("mobilenetish")
+        onnx_path = mn["onnx"]
+        ev = np.load(mn["eval"])
+        x, y = ev["input"], ev["labels"]
+    card = digits_card(request.param, size=x.shape[-1])
+    job, results = run_backend(tmp, onnx_path, card, {"input": x}, MODES)
     return {
         "job": job,
         "results": {r.mode: r for r in results},
@@ -132,7 +134,8 @@ def test_spec_io_matches_card(exported):
         c = res.checks
         assert c["io_matches_card"], (mode, c["io_mismatches"])
         (inp,) = c["spec_inputs"]
-        assert inp["name"] == "input" and inp["dtype"] == "float32" and inp["shape"] == [None, 1, 8, 8]
+        size = exported["job"].card.inputs[0].shape[-1]
+        assert inp["name"] == "input" and inp["dtype"] == "float32" and inp["shape"] == [None, 1, size, size]
         assert inp["ranges"][0][0] == 1 and inp["ranges"][0][1] >= 1  # dynamic batch kept
         assert [o["name"] for o in c["spec_outputs"]] == ["logits"]
         assert c["spec_outputs"][0]["dtype"] == "float32"  # fp32 I/O even for fp16 programs
