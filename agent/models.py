@@ -92,7 +92,9 @@ def load_model(
 
     from targets.runtimes.base import open_runtime
 
-    runtime = open_runtime(path, threads=threads)
+    runtime = open_runtime(
+        path, threads=threads, output_names=[o.name for o in card.outputs] if card else None
+    )
     return LoadedModel(name, str(version), runtime, Path(path), sha256, card, time.time())
 
 

@@ -336,11 +336,7 @@ def _open_for_validation(target: str, res: ExportResult, card: ModelCard):
         from targets.runtimes.tfjs_node import TfjsNodeRuntime
 
         return TfjsNodeRuntime(main, require("tfjs").node_modules)
-    if runtime == "litert":
-        from targets.runtimes.litert import LiteRTRuntime
-
-        return LiteRTRuntime(main, output_names=res.output_names or [o.name for o in card.outputs])
-    return open_runtime(main)
+    return open_runtime(main, output_names=res.output_names or [o.name for o in card.outputs])
 
 
 def _validate(

@@ -32,8 +32,14 @@ class Runtime(Protocol):
 RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".ort": "onnxruntime", ".tflite": "litert"}
 
 
-def open_runtime(path: str | Path, threads: int | None = None) -> Runtime:
-    """Open an artifact with the runtime its file type needs."""
+def open_runtime(
+    path: str | Path, threads: int | None = None, output_names: list[str] | None = None
+) -> Runtime:
+    """Open an artifact with the runtime its file type needs.
+
+    `output_names` (from the model card) name the outputs of files whose converter renamed them
+    (quantized .tflite files say `Identity`, `output_0`, ...); ONNX keeps its own names.
+    """
     p = Path(path)
     kind = RUNTIME_BY_SUFFIX.get(p.suffix)
     if kind == "onnxruntime":
@@ -43,5 +49,5 @@ def open_runtime(path: str | Path, threads: int | None = None) -> Runtime:
     if kind == "litert":
         from targets.runtimes.litert import LiteRTRuntime
 
-        return LiteRTRuntime(p, threads=threads)
+        return LiteRTRuntime(p, threads=threads, output_names=output_names)
     raise EdgekitError(f"no runtime for {p.name}: expected one of {sorted(RUNTIME_BY_SUFFIX)}")

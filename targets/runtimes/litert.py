@@ -45,6 +45,13 @@ def _clean_name(name: str) -> str:
     return name
 
 
+def _dims(d) -> list[int | None]:
+    """shape_signature keeps -1 for dynamic dims (the batch); `shape` is only the allocated one."""
+    sig = d.get("shape_signature")
+    dims = [int(x) for x in (sig if sig is not None and len(sig) else d["shape"])]
+    return [x if x >= 0 else None for x in dims]
+
+
 class LiteRTRuntime:
     name = "litert"
 
@@ -63,8 +70,7 @@ class LiteRTRuntime:
         else:
             self.output_map = {n: n for n in names}
         self.outputs = [
-            TensorSpec(name=n, dtype="float32", shape=[int(x) for x in d["shape"]])
-            for n, d in zip(names, self._out, strict=True)
+            TensorSpec(name=n, dtype="float32", shape=_dims(d)) for n, d in zip(names, self._out, strict=True)
         ]
 
     @staticmethod
@@ -72,7 +78,7 @@ class LiteRTRuntime:
         dtype = np.dtype(d["dtype"])
         if dtype in (np.int8, np.uint8) and d["quantization"][0]:
             dtype = np.dtype(np.float32)  # callers feed floats; we quantize
-        return TensorSpec(name=_clean_name(d["name"]), dtype=dtype.name, shape=[int(x) for x in d["shape"]])
+        return TensorSpec(name=_clean_name(d["name"]), dtype=dtype.name, shape=_dims(d))
 
     def _resize_if_needed(self, feeds: dict[str, np.ndarray]) -> None:
         changed = False
