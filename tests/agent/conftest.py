@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.agent import models as tm
+from tests.agent.support import ArtifactServer, Keys
 
 REPO = Path(__file__).resolve().parents[2]
 EDGEKIT = [sys.executable, "-m", "edgekit.cli"]
@@ -87,3 +88,27 @@ def cloud(model_dir: Path) -> Iterator[ServeProcess]:
     sp = start_serve([v1, v1, v1, v1], ["cls", "fragile", "slow", "cloudonly"])
     yield sp
     sp.stop()
+
+
+@pytest.fixture
+def files(tmp_path: Path, model_dir: Path) -> Path:
+    """A web root with the test models, served by `http` as update artifacts."""
+    import shutil
+
+    d = tmp_path / "www"
+    d.mkdir()
+    for n in ("cls_v1.onnx", "cls_v2.onnx", "slow.onnx"):
+        shutil.copy(model_dir / n, d / n)
+    return d
+
+
+@pytest.fixture
+def http(files: Path) -> Iterator[ArtifactServer]:
+    srv = ArtifactServer(files).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys.make()

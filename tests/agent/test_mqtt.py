@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +17,6 @@ from tests.agent.support import ArtifactServer, Keys, expected_probs, manifest
 
 pytestmark = pytest.mark.timeout(90)
 X = np.array([[2.0, 1.0, 0.0, 0.0]], np.float32)
-
-
-@pytest.fixture
-def files(tmp_path: Path, model_dir: Path) -> Path:
-    d = tmp_path / "www"
-    d.mkdir()
-    for n in ("cls_v1.onnx", "cls_v2.onnx"):
-        shutil.copy(model_dir / n, d / n)
-    return d
-
-
-@pytest.fixture
-def http(files: Path) -> Iterator[ArtifactServer]:
-    srv = ArtifactServer(files).start()
-    yield srv
-    srv.stop()
 
 
 def agent_config(tmp_path: Path, keys: Keys, port: int, protocol: str) -> dict:

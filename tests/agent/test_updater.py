@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,27 +18,6 @@ from tests.agent.support import ArtifactServer, Keys, expected_probs, manifest
 
 pytestmark = pytest.mark.timeout(60)
 X = np.array([[2.0, 1.0, 0.0, 0.0]], np.float32)
-
-
-@pytest.fixture
-def files(tmp_path: Path, model_dir: Path) -> Path:
-    d = tmp_path / "www"
-    d.mkdir()
-    for n in ("cls_v1.onnx", "cls_v2.onnx", "slow.onnx"):
-        shutil.copy(model_dir / n, d / n)
-    return d
-
-
-@pytest.fixture
-def http(files: Path) -> Iterator[ArtifactServer]:
-    srv = ArtifactServer(files).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def keys() -> Keys:
-    return Keys.make()
 
 
 def make_updater(tmp_path: Path, keys: Keys, reports: list | None = None) -> Updater:
