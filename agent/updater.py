@@ -41,6 +41,7 @@ from edgekit.trust import (
     verify_artifact,
 )
 from edgekit.trust.errors import EXPIRED, REPLAY
+from targets.runtimes.base import RUNTIME_BY_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,19 @@ class UpdateFailed(Exception):
         self.reason, self.detail = reason, detail
 
 
-def runtime_available(fmt: str) -> bool:
-    if fmt in ("onnx", "ort"):
+def _file_type(art) -> str:
+    """The store keeps blobs by content and file type (`<sha256>.onnx`): the runtime is picked
+    from that suffix. Artifact keys (`onnx-int8-static`) only express the fleet's preference."""
+    return Path(art.file).suffix.lstrip(".") or art.format
+
+
+def runtime_available(file_name: str) -> bool:
+    """Can this box run an artifact file? Decided by its type (.onnx/.ort/.tflite), not its key:
+    keys name format and precision (`onnx`, `onnx-int8-static`, `tflite-full-int8`)."""
+    runtime = RUNTIME_BY_SUFFIX.get(Path(file_name).suffix)
+    if runtime == "onnxruntime":
         return True
-    if fmt == "tflite":
+    if runtime == "litert":
         import importlib.util
 
         return any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime"))
@@ -316,7 +326,7 @@ class Updater:
     def _pick_artifact(self, m: Manifest):
         arts = m.artifacts
         for fmt in self.formats:
-            if fmt in arts and runtime_available(fmt):
+            if fmt in arts and runtime_available(arts[fmt].file):
                 return arts[fmt]
         raise UpdateFailed("no_artifact", f"manifest offers {sorted(arts)}, this agent runs {self.formats}")
 
@@ -329,9 +339,9 @@ class Updater:
                 self._download(art)
                 st = self._go(name, S.VERIFYING)
             if st.state == S.VERIFYING:
-                blob = self.store.blob_path(art.sha256, art.format)
+                blob = self.store.blob_path(art.sha256, _file_type(art))
                 if not blob.exists():
-                    part = self.store.part_path(art.sha256, art.format)
+                    part = self.store.part_path(art.sha256, _file_type(art))
                     if not part.exists():  # crashed after download returned, before commit? redo
                         self._download(art)
                     try:
@@ -339,7 +349,7 @@ class Updater:
                     except VerificationError as e:
                         part.unlink(missing_ok=True)
                         raise UpdateFailed(e.reason, e.detail) from e
-                    self.store.commit_blob(part, art.sha256, art.format)
+                    self.store.commit_blob(part, art.sha256, _file_type(art))
                 else:
                     try:
                         verify_artifact(blob, art.size, art.sha256)
@@ -355,7 +365,7 @@ class Updater:
             entry = Entry(
                 version=m.version,
                 sha256=art.sha256,
-                format=art.format,
+                format=_file_type(art),
                 sequence=m.sequence,
                 card=m.model_card,
                 smoke=None,
@@ -383,13 +393,13 @@ class Updater:
         return out
 
     def _download(self, art) -> None:
-        if self.store.has_blob(art.sha256, art.format, art.size):
+        if self.store.has_blob(art.sha256, _file_type(art), art.size):
             return  # content-addressed: verified bytes are never fetched again
         url = urljoin(self.base_url, art.url) if self.base_url else art.url
         try:
             download(
                 url,
-                self.store.part_path(art.sha256, art.format),
+                self.store.part_path(art.sha256, _file_type(art)),
                 size=art.size,
                 sha256=art.sha256,
                 **self.download_opts,
@@ -405,7 +415,7 @@ class Updater:
         try:
             return load_model(
                 m.model,
-                self.store.blob_path(art.sha256, art.format),
+                self.store.blob_path(art.sha256, _file_type(art)),
                 m.version,
                 card=card,
                 sha256=art.sha256,

@@ -44,7 +44,8 @@ BACKENDS = {
 }
 # tflite before tfjs: the TF.js backend reuses the SavedModel onnx2tf wrote for TFLite.
 TARGET_ORDER = ("onnx", "tflite", "tfjs", "coreml")
-EVAL_LIMIT = 512  # samples used for parity when no eval set is given
+EVAL_LIMIT = 512
+GOLDEN_INPUT = "golden_input.npz"  # one sample, written next to report.json for `fleet publish`  # samples used for parity when no eval set is given
 
 
 @dataclass
@@ -227,6 +228,9 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
         calib.head(EVAL_LIMIT) if calib else Dataset(card.sample_inputs(batch=8), None, None)
     )
     inputs_npz = data.save(work / "inputs.npz")
+    # The golden input for on-device smoke tests: a real sample, so int8 artifacts are judged
+    # in-distribution (a random tensor falls outside the calibrated ranges).
+    data.head(1).save(out / GOLDEN_INPUT)
     calib_npz = calib.save(work / "calibration.npz") if calib else None
 
     prog.step("fp32 reference (onnxruntime)")

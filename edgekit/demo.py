@@ -33,6 +33,7 @@ AGENTS = [
     ("store-paris-2", {"kind": "store-pc", "site": "paris"}),
     ("arm-box-3", {"kind": "arm-box", "site": "paris"}),
 ]
+EDGE_ARTIFACT = "onnx-int8-static"  # the manifest's artifact key for the calibrated int8 ONNX
 CONFIDENCE = 0.9  # below this top-1 probability, an agent asks the cloud (hard-example routing)
 SAMPLES_DIR = Path(__file__).parent / "samples"
 
@@ -58,12 +59,14 @@ def _check(cond: bool, what: str) -> None:
         raise DemoError(f"demo step failed: {what}")
 
 
-def infer(port: int, x: np.ndarray) -> tuple[dict[str, Any], float]:
+def infer(client: httpx.Client, port: int, x: np.ndarray) -> tuple[dict[str, Any], float]:
+    """One OIP request over a kept-alive connection, as a POS app talking to its local agent would
+    (a new httpx client per request costs ~20 ms of TLS-context set-up, even for plain HTTP)."""
     doc = {
         "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
     }
     t0 = time.perf_counter()
-    r = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", json=doc, timeout=10)
+    r = client.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", json=doc)
     ms = (time.perf_counter() - t0) * 1000
     if r.status_code != 200:
         raise DemoError(f"inference on :{port} returned {r.status_code}: {r.text[:200]}")
@@ -129,7 +132,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
     summary["steps"]["convert"] = {a["precision"]: a["top1"] for a in report["artifacts"]}
 
     b_port, h_port, a_port, c_port, *agent_ports = free_ports(4 + len(AGENTS))
-    with ProcessGroup() as group:
+    with ProcessGroup() as group, httpx.Client(timeout=10) as client:
         # 2. fleet server on embedded defaults, and the cloud endpoint with the fp32 model.
         console.rule("2. fleet server + cloud endpoint")
         fleet, fleet_toml = fleet_service(
@@ -157,6 +160,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
                 labels=labels,
                 models={MODEL: {"policy": "local-first", "confidence_threshold": CONFIDENCE}},
                 heartbeat_s=2.0,
+                formats=[EDGE_ARTIFACT, "onnx"],  # int8 when offered, fp32 otherwise
             )
             agents.append((device, port, group.add(svc)))
         for device, port, svc in agents:
@@ -208,6 +212,16 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         _check(st["state"] == "completed", f"rollout {rid} completed (it is {st['state']}: {st['reason']})")
         _check(st["totals"]["active"] == len(AGENTS), "every device active after the rollout")
         summary["steps"]["rollout"] = {"id": rid, "state": st["state"], "waves": len(st["waves"])}
+        # What each box really runs: the active blob's sha256, mapped back to the conversion report.
+        precision_of = {a["sha256"]: a["precision"] for a in report["artifacts"]}
+        running = {}
+        for device, port, _ in agents:
+            status = client.get(f"http://127.0.0.1:{port}/agent/status").json()
+            running[device] = precision_of.get(status["models"][MODEL]["sha256"], "unknown")
+            _check(
+                running[device] == "int8-static",
+                f"{device} runs the int8 artifact (it runs {running[device]})",
+            )
 
         # 5. inference: local answers, then forced fallbacks answered by the cloud.
         console.rule("5. inference")
@@ -217,7 +231,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         for device, port, _ in agents:
             s = stats[device]
             for i in range(requests_per_agent):
-                body, ms = infer(port, x[i : i + 1])
+                body, ms = infer(client, port, x[i : i + 1])
                 p = body["parameters"]
                 s.total += 1
                 s.latencies_ms.append(ms)
@@ -234,7 +248,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         edge_model = conv / "onnx" / "model_int8.onnx"
         unsure, conf = _unsure_input(edge_model, x)
         dev0, port0, _ = agents[0]
-        body, ms = infer(port0, unsure)
+        body, ms = infer(client, port0, unsure)
         p = body["parameters"]
         console.print(
             f"  {dev0}: blended digit, local confidence {conf:.2f} -> served_by={p['served_by']}"
@@ -248,10 +262,10 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         stats[dev0].fallbacks["low_confidence"] = stats[dev0].fallbacks.get("low_confidence", 0) + 1
 
         dev2, port2, _ = agents[2]
-        r = httpx.post(f"http://127.0.0.1:{port2}/v2/repository/models/{MODEL}/unload", timeout=10)
+        r = client.post(f"http://127.0.0.1:{port2}/v2/repository/models/{MODEL}/unload")
         _check(r.status_code == 200, f"{dev2} unloaded its local model")
         for i in range(5):
-            body, ms = infer(port2, x[i : i + 1])
+            body, ms = infer(client, port2, x[i : i + 1])
             p = body["parameters"]
             _check(
                 (p["served_by"], p.get("fallback_reason")) == ("cloud", "missing_model"),
@@ -272,6 +286,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         "labels",
         "fleet state",
         "version",
+        "artifact",
         "local",
         "cloud",
         "fallback reasons",
@@ -289,6 +304,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
             labels,
             str(d.get("state")),
             str(d.get("active_version")),
+            running[device],
             str(s.local),
             str(s.cloud),
             reasons,
@@ -300,6 +316,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
                 "device": device,
                 "state": d.get("state"),
                 "version": d.get("active_version"),
+                "artifact": running[device],
                 "local": s.local,
                 "cloud": s.cloud,
                 "fallbacks": s.fallbacks,

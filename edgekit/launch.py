@@ -218,6 +218,7 @@ def agent_service(
     mqtt: dict[str, Any] | None = None,
     heartbeat_s: float = 5.0,
     extra: dict[str, dict[str, Any]] | None = None,
+    formats: list[str] | None = None,
 ) -> tuple[Service, Path]:
     cfg: dict[str, Any] = {
         "agent": {
@@ -225,7 +226,7 @@ def agent_service(
             "fleet": fleet,
             "data_dir": str(data_dir),
             "root": str(root),
-            "formats": ["onnx"],
+            "formats": formats or ["onnx"],  # artifact keys in preference order, e.g. "onnx-int8-static"
             "heartbeat_s": heartbeat_s,
             "labels": labels or {},
         },

@@ -94,8 +94,11 @@ def _read_report(path: Path) -> list[dict[str, Any]]:
     return items
 
 
-def _smoke_test(card: dict[str, Any], onnx_path: Path | None) -> dict[str, Any] | None:
-    """Golden input + fp32 reference outputs, computed with onnxruntime on the ONNX artifact."""
+def _smoke_test(card: dict[str, Any], onnx_path: Path | None, golden: Path) -> dict[str, Any] | None:
+    """Golden input + fp32 reference outputs, computed with onnxruntime on the ONNX artifact.
+
+    The input is the real sample `edgekit convert` wrote (golden_input.npz); a seeded random
+    tensor only when there is none (a quantized artifact may legitimately fail on noise)."""
     if onnx_path is None:
         return None
     import onnxruntime as ort
@@ -105,7 +108,13 @@ def _smoke_test(card: dict[str, Any], onnx_path: Path | None) -> dict[str, Any] 
 
     try:
         mc = ModelCard.from_dict(card)
-        inputs = mc.sample_inputs(batch=1, seed=0)
+        if golden.exists():
+            import numpy as np
+
+            with np.load(golden) as npz:
+                inputs = {t.name: npz[t.name] for t in mc.inputs}
+        else:
+            inputs = mc.sample_inputs(batch=1, seed=0)
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs()]
         outs = sess.run(names, inputs)
@@ -164,7 +173,7 @@ class Registry:
         if not stored:
             raise FleetError(f"{src}/report.json lists no artifact with status ok")
         onnx = next((a for a in stored if a.format == "onnx" and a.precision == "fp32"), None)
-        smoke = _smoke_test(card, self.store.path(onnx.sha256) if onnx else None)
+        smoke = _smoke_test(card, self.store.path(onnx.sha256) if onnx else None, src / "golden_input.npz")
         with self.db.tx() as c:
             c.execute("DELETE FROM artifacts WHERE model=? AND version=?", (model, version))
             c.execute(

@@ -73,6 +73,17 @@ class SmokeResult:
     detail: str = ""
 
 
+def tolerance_class(precision: str) -> str:
+    """Map a converter's precision label (`int8-static`, `full-int8`, `dynamic-range`, `w8-linear`,
+    `fp16-weights`, `w6-palette`, ...) to the tolerance row that applies to it."""
+    p = precision.lower()
+    if "fp16" in p:
+        return "fp16"
+    if any(k in p for k in ("int8", "uint8", "w8", "w6", "w4", "dynamic-range", "palette")):
+        return "int8"
+    return "fp32" if p in ("fp32", "none", "") else "default"
+
+
 def check_smoke_outputs(
     smoke: dict[str, Any], outputs: dict[str, Any], precision: str = "fp32"
 ) -> SmokeResult:
@@ -84,7 +95,12 @@ def check_smoke_outputs(
     import numpy as np
 
     tol_table = smoke.get("tolerance") or DEFAULT_TOLERANCE
-    tol = tol_table.get(precision) or tol_table.get("default") or DEFAULT_TOLERANCE["default"]
+    tol = (
+        tol_table.get(precision)
+        or tol_table.get(tolerance_class(precision))
+        or tol_table.get("default")
+        or DEFAULT_TOLERANCE["default"]
+    )
     expected = {k: decode_tensor(v) for k, v in smoke["outputs"].items()}
     if set(outputs) != set(expected):
         if len(outputs) != len(expected):

@@ -123,6 +123,7 @@ def manifest(
     expires_in: timedelta = timedelta(hours=1),
     now: datetime | None = None,
     signer: SigningKey | None = None,
+    extra_artifacts: dict[str, dict] | None = None,
 ) -> bytes:
     data = file.read_bytes()
     x = np.array([[2.0, 1.0, 0.0, 0.0]], np.float32)
@@ -144,7 +145,8 @@ def manifest(
                 "size": len(data) if size is None else size,
                 "file": file.name,
                 "precision": "fp32",
-            }
+            },
+            **(extra_artifacts or {}),
         },
         model_card=card(model),
         smoke_test=smoke,

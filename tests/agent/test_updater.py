@@ -210,3 +210,31 @@ def test_identical_copy_of_finished_manifest_is_a_duplicate_even_after_expiry(
         smoke_bias=0.5,
     )
     assert u.handle(other) == "refused:expired"
+
+
+def test_artifact_preference_by_key_runtime_by_file_type(tmp_path, keys, files, http) -> None:
+    """Keys name format + precision (`onnx-int8-static`); the runtime is chosen by the file type."""
+    import hashlib
+
+    data = (files / "cls_v2.onnx").read_bytes()
+    int8 = {
+        "url": http.url + "cls_v2.onnx",
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+        "file": "cls_v2.onnx",
+        "precision": "int8-static",
+    }
+    tfjs = dict(int8, file="model.tfjs.tar", precision="fp32")  # no runtime for it on this box
+    u = make_updater(tmp_path, keys)
+    u.formats = ["tfjs", "onnx-int8-static", "onnx"]
+    payload = manifest(
+        keys,
+        file=files / "cls_v1.onnx",
+        url=http.url + "cls_v1.onnx",
+        sequence=1,
+        version="1.0",
+        smoke_bias=0.5,
+        extra_artifacts={"onnx-int8-static": int8, "tfjs": tfjs},
+    )
+    assert u.handle(payload) == "active"
+    assert u.store.active("cls").sha256 == int8["sha256"]

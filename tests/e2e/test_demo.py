@@ -26,6 +26,7 @@ def test_demo_runs_every_step(tmp_path):
     assert len(agents) == 3
     for a in agents.values():
         assert a["state"] == "active" and a["version"] == "1.0.0"
+        assert a["artifact"] == "int8-static"  # the edge runs the calibrated int8 model
         assert a["local"] > 0
         assert a["top1"] > 0.9
     assert agents["store-berlin-1"]["fallbacks"].get("low_confidence", 0) >= 1

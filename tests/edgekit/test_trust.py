@@ -254,3 +254,8 @@ def test_smoke_test_tolerance():
     assert check_smoke_outputs(smoke, {"output_0": y * 1.01}, precision="int8").ok  # renamed, scaled
     assert not check_smoke_outputs(smoke, {"y": -y}).ok
     assert not check_smoke_outputs(smoke, {"y": y.reshape(3, 1)}).ok
+    # The converters' precision labels select their tolerance row; fp32 stays strict.
+    noisy = y + np.array([[0.05, -0.05, 0.05]], np.float32)  # int8-sized error: cosine ~0.9997
+    for label in ("int8-static", "full-int8", "dynamic-range", "w8-linear", "uint8-weights"):
+        assert check_smoke_outputs(smoke, {"y": noisy}, precision=label).ok, label
+    assert not check_smoke_outputs(smoke, {"y": noisy}, precision="fp32").ok
