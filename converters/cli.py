@@ -72,10 +72,12 @@ def convert(
     targets = [t.value for t in target] if target else None
     modes = [m.value for m in quantize] if quantize else None
     chosen_by = {}
+    pairs = None
     if profile:
         from targets.profiles import resolve_profile
 
         targets, modes, chosen_by = resolve_profile(profile, targets, modes)
+        pairs = list(chosen_by)  # a profile may give each target its own modes
     report = run(
         model,
         targets=targets or list(formats.TARGETS),
@@ -88,6 +90,7 @@ def convert(
         name=name,
         labels=labels.read_text().split() if labels else None,
         chosen_by=chosen_by,
+        pairs=pairs,
         profile=profile,
         progress=not as_json,
     )

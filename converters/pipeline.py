@@ -53,8 +53,7 @@ class ConvertRequest:
     """What `convert` was asked for (see its docstring)."""
 
     model: Any
-    targets: list[str]
-    modes: list[str]
+    plan: dict[str, list[str]]  # target -> modes asked of it (unsupported ones become skipped rows)
     out: Path
     calibration: str | Path | None
     eval_data: str | Path | None
@@ -156,25 +155,37 @@ def convert(
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
     chosen_by: dict[tuple[str, str], str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
     profile: str | None = None,
     progress: bool = False,
 ) -> Report:
     """Convert `model` to every (target, mode) asked for, validate each, write DIR/report.json.
 
+    Asked for: `targets` x `modes` (pairs a target does not support are reported as skipped),
+    or exactly `pairs` when given (a device profile may give each target its own modes).
+
     `model`: an .onnx path, `sample:digits`, a .keras/.h5/SavedModel path, a torch nn.Module
     (with `example_inputs`) or a Keras model. Returns the report; `report.ok` is False when any
     artifact failed, mismatched its reference, or dropped more than `max_drop` top-1 points.
     """
+    if pairs is not None:  # per-target modes (device profiles); every pair must be supported
+        pairs = list(dict.fromkeys((t, m) for t, m in pairs))
+        targets, modes = [t for t, _ in pairs], [m for _, m in pairs]
     modes = list(dict.fromkeys(modes))
     _check_request(targets, modes)
-    targets = [t for t in TARGET_ORDER if t in set(targets)]
+    if pairs is not None:
+        bad = [f"{t} {m}: {formats.support(t, m)[1]}" for t, m in pairs if not formats.support(t, m)[0]]
+        if bad:
+            raise EdgekitError(f"unsupported (target, mode) pairs: {'; '.join(bad)}")
+        plan = {t: [m for tt, m in pairs if tt == t] for t in TARGET_ORDER if t in set(targets)}
+    else:
+        plan = {t: list(modes) for t in TARGET_ORDER if t in set(targets)}
     if layout not in ("nchw", "nhwc"):
         raise EdgekitError(f"unknown layout {layout!r}", hint="choose nchw or nhwc")
     out = Path(out)
     req = ConvertRequest(
         model,
-        targets,
-        modes,
+        plan,
         out,
         calibration,
         eval_data,
@@ -198,7 +209,7 @@ def convert(
 
 
 def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
-    targets, modes, out, max_drop = req.targets, req.modes, req.out, req.max_drop
+    out, max_drop = req.out, req.max_drop
     prog.step("importing model")
     source = load_source(req.model, work / "source", req.example_inputs, req.input_names, req.output_names)
     prog.step("optimizing (shape inference, onnxslim)")
@@ -212,7 +223,10 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
 
     calib = load_npz(calibration, card, "calibration") if calibration else None
     needs_calib = [
-        t for t in targets for m in modes if m in formats.NEEDS_CALIBRATION and formats.support(t, m)[0]
+        t
+        for t, modes in req.plan.items()
+        for m in modes
+        if m in formats.NEEDS_CALIBRATION and formats.support(t, m)[0]
     ]
     if needs_calib and calib is None:
         raise DataError(
@@ -248,7 +262,7 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
 
     rows: list[ArtifactReport] = []
     export_seconds: dict[str, float] = {}  # wall time of each target's whole export step
-    for target in targets:
+    for target, modes in req.plan.items():
         wanted = [m for m in modes if formats.support(target, m)[0]]
         for m in modes:
             ok, why = formats.support(target, m)
@@ -273,7 +287,7 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
                 row.error = f"top-1 drop {row.top1_drop_pts:.2f} pt exceeds --max-drop {max_drop}"
 
     card.save(out / "model_card.json")
-    for target in targets:
+    for target in req.plan:
         if (out / target).is_dir():
             card.save(out / target / "model_card.json")
     report = Report(

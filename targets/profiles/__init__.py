@@ -35,7 +35,7 @@ class Profile:
     name: str
     description: str
     targets: list[str]
-    modes: list[str]
+    modes: list[str] | dict[str, list[str]]  # one list for every target, or one per target
     runtime: str
     bundle: str | None = None  # the `edgekit bundle` kind that packs this profile's artifacts
     devices: list[str] = field(default_factory=list)
@@ -43,7 +43,13 @@ class Profile:
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
+        if isinstance(self.modes, dict):
+            return [(t, m) for t in self.targets for m in self.modes.get(t, [])]
         return [(t, m) for t in self.targets for m in self.modes]
+
+    @property
+    def all_modes(self) -> list[str]:
+        return list(dict.fromkeys(m for _, m in self.pairs))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,6 +70,11 @@ def _parse(path: Path) -> Profile:
     if missing:
         raise EdgekitError(f"profile {path.name}: missing keys {missing}")
     prof = Profile(name=path.stem, **raw)
+    if isinstance(prof.modes, dict) and set(prof.modes) - set(prof.targets):
+        raise EdgekitError(
+            f"profile {prof.name}: modes for targets it does not list: "
+            f"{sorted(set(prof.modes) - set(prof.targets))}"
+        )
     for t, m in prof.pairs:
         if t not in SUPPORTED_MODES:
             raise EdgekitError(f"profile {prof.name}: unknown target {t!r}")
@@ -92,15 +103,18 @@ def resolve_profile(
     """The targets and modes to convert for profile `name`, with explicit flags overriding it.
 
     `targets` / `modes` are what the user passed (None: not passed). A flag replaces the
-    profile's list for that dimension only. `chosen_by` maps each (target, mode) the profile
-    itself lists and that is still requested to "profile:NAME"; every other pair is "flag"
-    (that is also the pipeline's default for pairs absent from the map).
+    profile's list for that dimension only. The keys of `chosen_by` are exactly the (target,
+    mode) pairs to convert: the profile's own pairs (which may differ per target) when no flag
+    is given, else the cross product. Each maps to "profile:NAME" when the profile lists it,
+    else "flag".
     """
     prof = get_profile(name)
-    final_t = list(targets) if targets else list(prof.targets)
-    final_m = list(modes) if modes else list(prof.modes)
-    listed = set(prof.pairs)
-    chosen_by = {
-        (t, m): (f"profile:{prof.name}" if (t, m) in listed else "flag") for t in final_t for m in final_m
-    }
-    return final_t, final_m, chosen_by
+    listed = prof.pairs
+    if not targets and not modes:
+        pairs = listed
+    else:
+        final_t = list(targets) if targets else list(prof.targets)
+        final_m = list(modes) if modes else prof.all_modes
+        pairs = [(t, m) for t in final_t for m in final_m]
+    chosen_by = {p: (f"profile:{prof.name}" if p in set(listed) else "flag") for p in pairs}
+    return list(dict.fromkeys(t for t, _ in pairs)), list(dict.fromkeys(m for _, m in pairs)), chosen_by

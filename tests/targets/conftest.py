@@ -28,7 +28,9 @@ def require_toolchains(targets: list[str]) -> None:
     for t in targets:
         tc = TOOLCHAIN_OF.get(t)
         if tc and not manager.resolve(tc).installed():
-            pytest.skip(f"{tc} toolchain not installed: run `edgekit toolchain install {tc}` (make setup-test)")
+            pytest.skip(
+                f"{tc} toolchain not installed: run `edgekit toolchain install {tc}` (make setup-test)"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +48,13 @@ def convert_profile(tmp_path_factory):
             require_toolchains(targets)
             out = tmp_path_factory.mktemp(f"conv-{name}")
             report = convert(
-                "sample:digits", targets=targets, modes=final_modes, out=out, chosen_by=chosen_by, profile=name
+                "sample:digits",
+                targets=targets,
+                modes=final_modes,
+                out=out,
+                chosen_by=chosen_by,
+                pairs=list(chosen_by),  # as `edgekit convert --profile` does
+                profile=name,
             )
             cache[key] = (out, report)
         return cache[key]

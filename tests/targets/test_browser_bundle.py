@@ -31,7 +31,9 @@ TOL = {"none": 1e-4, "fp16": 1e-2}
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="Node.js not installed (scripts/system-deps.sh)"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    ),
     pytest.mark.timeout(300),
 ]
 
@@ -56,7 +58,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 def serve(directory: Path) -> Iterator[str]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(directory)))
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(directory))
+    )
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_port}/"
@@ -122,10 +126,14 @@ def _local_only(result: dict) -> None:
 
 
 @pytest.mark.parametrize("mode", ["none", "fp16"])
-def test_onnxruntime_web_matches_reference(mode, browser_conv, driver_modules, reference, eval_inputs, tmp_path):
+def test_onnxruntime_web_matches_reference(
+    mode, browser_conv, driver_modules, reference, eval_inputs, tmp_path
+):
     bundle = build(browser_conv, tmp_path, "onnxruntime-web", mode)
     sample = json.loads((bundle / "sample_input.json").read_text())
-    assert np.array_equal(np.asarray(sample["inputs"]["input"]["data"], np.float32), eval_inputs["input"].ravel())
+    assert np.array_equal(
+        np.asarray(sample["inputs"]["input"]["data"], np.float32), eval_inputs["input"].ravel()
+    )
     shot = tmp_path / f"browser-onnxruntime-web-{mode}.png"
     # WebGL cannot take this model (fp16 tensors) or is absent: load() must verify and fall back.
     result = drive(

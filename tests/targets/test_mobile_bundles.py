@@ -80,7 +80,9 @@ def test_android_bundle(mode, convert_profile, reference, eval_inputs, tmp_path)
     assert err <= TOL[mode] and (got.argmax(1) == ref.argmax(1)).all(), err
     if "expected" in sample:  # only when the conversion also kept the fp32 ONNX (-t onnx -q none)
         assert sample["tolerance_max_abs"] >= err
-    print(f"android {mode}: LiteRT max abs {err:.2e}, model {info['sizes']['model']} B, total {info['sizes']['total']} B")
+    print(
+        f"android {mode}: LiteRT max abs {err:.2e}, model {info['sizes']['model']} B, total {info['sizes']['total']} B"
+    )
 
 
 def test_ios_bundle(convert_profile, tmp_path):
@@ -126,7 +128,11 @@ def test_ios_bundle(convert_profile, tmp_path):
         "'out':[o.name for o in s.description.output],'type':s.WhichOneof('Type')}))"
     )
     proc = subprocess.run(
-        [str(tc.python), "-c", code, str(pkg)], capture_output=True, text=True, env=manager.worker_env(tc.root), timeout=120
+        [str(tc.python), "-c", code, str(pkg)],
+        capture_output=True,
+        text=True,
+        env=manager.worker_env(tc.root),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     spec = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -36,7 +36,9 @@ def test_bad_profile_files_are_refused(tmp_path):
     (tmp_path / "bad.toml").write_text('description="x"\ntargets=["tfjs"]\nmodes=["int8"]\nruntime="r"\n')
     with pytest.raises(EdgekitError, match="does not support mode"):
         load_profiles(tmp_path)
-    (tmp_path / "bad.toml").write_text('description="x"\ntargets=["onnx"]\nmodes=["none"]\nruntime="r"\nfoo=1\n')
+    (tmp_path / "bad.toml").write_text(
+        'description="x"\ntargets=["onnx"]\nmodes=["none"]\nruntime="r"\nfoo=1\n'
+    )
     with pytest.raises(EdgekitError, match="unknown keys"):
         load_profiles(tmp_path)
 
@@ -45,10 +47,14 @@ def test_resolve_profile_and_flag_overrides():
     t, m, by = resolve_profile("arm64-linux", None, None)
     assert (t, m) == (["tflite", "onnx"], ["int8"])
     assert by == {("tflite", "int8"): "profile:arm64-linux", ("onnx", "int8"): "profile:arm64-linux"}
+    # A profile may give each target its own modes: the pairs to convert are exactly its own.
+    t, m, by = resolve_profile("browser", None, None)
+    assert by == {("tfjs", "fp16"): "profile:browser", ("onnx", "none"): "profile:browser"}
     # --quantize replaces the profile's modes; pairs the profile did not list are the flag's.
     t, m, by = resolve_profile("browser", None, ["none", "fp16"])
-    assert m == ["none", "fp16"]
+    assert m == ["none", "fp16"] and set(by) == {(a, b) for a in ("tfjs", "onnx") for b in ("none", "fp16")}
     assert by[("tfjs", "fp16")] == "profile:browser" and by[("tfjs", "none")] == "flag"
+    assert by[("onnx", "none")] == "profile:browser" and by[("onnx", "fp16")] == "flag"
     t, m, by = resolve_profile("android", ["onnx"], None)
     assert t == ["onnx"] and set(by.values()) == {"flag"}
     with pytest.raises(EdgekitError, match="unknown profile"):
@@ -85,7 +91,20 @@ def test_profile_converts_end_to_end_and_report_says_who_chose(name, convert_pro
 def test_profile_with_flag_override_via_cli(tmp_path):
     """`edgekit convert --profile x86-store-pc -q int8 -q fp16`: fp16 is the flag's choice."""
     res = CliRunner().invoke(
-        app, ["convert", "sample:digits", "--profile", "x86-store-pc", "-q", "int8", "-q", "fp16", "--out", str(tmp_path), "--json"]
+        app,
+        [
+            "convert",
+            "sample:digits",
+            "--profile",
+            "x86-store-pc",
+            "-q",
+            "int8",
+            "-q",
+            "fp16",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "report.json").read_text())
