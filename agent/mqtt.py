@@ -80,6 +80,7 @@ class AgentMqtt:
         self.t_online = topics.online(fleet, device)
         self.t_roots = topics.roots(fleet)
         self.connected = threading.Event()
+        self.last_error: str | None = None  # paho's last socket/TLS error, e.g. an unknown CA
         self.v5 = self.s.protocol.startswith("5")
         cid = self.s.client_id or f"edgekit-agent-{device}"
         if self.v5:
@@ -106,6 +107,7 @@ class AgentMqtt:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_log = self._on_log
 
     def start(self) -> None:
         kwargs: dict[str, Any] = {}
@@ -147,6 +149,13 @@ class AgentMqtt:
         self.connected.set()
         if self.on_connection:
             self.on_connection(True)
+
+    def _on_log(self, client, userdata, level: int, buf: str) -> None:
+        # A refused client certificate surfaces only here (TLS 1.3 reports it on the first read
+        # and the disconnect says "Unspecified error"): keep it and say it.
+        if level == mqtt.MQTT_LOG_ERR and not buf.startswith("Client is not connected"):
+            self.last_error = buf
+            log.warning("MQTT: %s", buf)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -33,7 +33,9 @@ class MqttLink:
         self._on_reconnect = on_reconnect
         self.connects = 0
         self._connected = threading.Event()
+        self._settled = threading.Event()  # the first connect succeeded or was refused
         self._failed: str | None = None
+        self.last_error: str | None = None  # paho's last socket/TLS error, e.g. an unknown CA
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=broker["client_id"],
@@ -59,18 +61,21 @@ class MqttLink:
         c.on_connect = self._connected_cb
         c.on_disconnect = self._disconnected_cb
         c.on_message = self._message_cb
+        c.on_log = self._log_cb
         self.client = c
 
     def _connected_cb(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
         if rc.is_failure:
             self._failed = str(rc)
             log.error("broker refused the connection: %s", rc)
+            self._settled.set()
             return
         # (Re)subscribe on every connect: cheap, and right even when the session was lost.
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connects += 1
         self._connected.set()
+        self._settled.set()
         log.info("connected to broker %s:%s", self.cfg["host"], self.cfg["port"])
         if self.connects > 1 and self._on_reconnect is not None:
             try:
@@ -80,8 +85,19 @@ class MqttLink:
 
     def _disconnected_cb(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
         self._connected.clear()
-        if rc != 0:
+        if self.connects == 0:
+            # Closed before the first CONNACK: with TLS the broker rejected our certificate (TLS 1.3
+            # reports that only on the first read, as "Unspecified error"); retrying cannot help.
+            self._failed = self._failed or self.last_error or str(rc)
+            self._settled.set()
+        elif rc != 0:
             log.warning("disconnected from broker (%s); reconnecting", rc)
+
+    def _log_cb(self, _c: mqtt.Client, _ud: Any, level: int, buf: str) -> None:
+        # Socket and TLS errors (paho reports them nowhere else); not its between-reconnects noise.
+        if level == mqtt.MQTT_LOG_ERR and not buf.startswith("Client is not connected"):
+            self.last_error = buf
+            log.warning("mqtt: %s", buf)
 
     def _message_cb(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -98,10 +114,12 @@ class MqttLink:
                 f"cannot reach MQTT broker at {host}:{port}: {e}", hint="check [broker] in fleet.toml"
             ) from e
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        self._settled.wait(timeout)
+        if not self._connected.is_set():
             self.client.loop_stop()
             why = f": {self._failed}" if self._failed else ""
-            raise FleetError(f"MQTT broker at {host}:{port} did not accept the connection{why}")
+            hint = "check [broker] tls, ca, cert and key in fleet.toml" if self.cfg.get("tls") else None
+            raise FleetError(f"MQTT broker at {host}:{port} did not accept the connection{why}", hint=hint)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
