@@ -7,6 +7,10 @@ Devices authenticate with username = device id; the ACL patterns (`%u`) let each
 its own `desired` (and the fleet's `roots`) and write only its own `status` and `online`.
 Run as root, Mosquitto would drop to user `mosquitto`; `user root` in the config keeps it
 able to read the 0600 files in our temp dir (as a normal user the setting is ignored).
+
+With `tls=TlsFiles(ca, cert, key)` the listener speaks TLS and requires a client certificate
+signed by `ca` (mTLS): the certificate CN is the MQTT username (`use_identity_as_username`), so
+the same `%u` ACL applies, there is no password file and `users` may be empty.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.net import free_port, wait_port
@@ -38,6 +43,15 @@ def acl_text(fleet: str, server_user: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for an mTLS listener: the CA that signs client certificates, the server's own."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class Mosquitto:
     def __init__(
         self,
@@ -46,8 +60,9 @@ class Mosquitto:
         server_user: str = "fleet-server",
         server_password: str = "server-secret",
         port: int | None = None,
+        tls: TlsFiles | None = None,
     ):
-        self.fleet, self.users = fleet, dict(users)
+        self.fleet, self.users, self.tls = fleet, dict(users), tls
         self.server_user, self.server_password = server_user, server_password
         self.users[server_user] = server_password
         self.port = port or free_port()
@@ -55,16 +70,23 @@ class Mosquitto:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Mosquitto:
-        passwd = self.dir / "passwd"
-        # Plain text first, then hash every line in one call (-U): fast even for 5,000 devices.
-        passwd.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
-        subprocess.run([MOSQUITTO_PASSWD, "-U", str(passwd)], check=True, capture_output=True)
+        if self.tls:
+            auth = (
+                f"cafile {self.tls.ca}\ncertfile {self.tls.cert}\nkeyfile {self.tls.key}\n"
+                "require_certificate true\nuse_identity_as_username true\n"
+            )
+        else:
+            passwd = self.dir / "passwd"
+            # Plain text first, then hash every line in one call (-U): fast even for 5,000 devices.
+            passwd.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
+            subprocess.run([MOSQUITTO_PASSWD, "-U", str(passwd)], check=True, capture_output=True)
+            auth = f"password_file {passwd}\n"
         (self.dir / "acl").write_text(acl_text(self.fleet, self.server_user))
         conf = self.dir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous false\n"
-            f"password_file {passwd}\n"
+            f"{auth}"
             f"acl_file {self.dir / 'acl'}\n"
             "persistence false\n"
             "user root\n"
