@@ -184,8 +184,11 @@ class BundleInfo:
 
 
 def finish(info: BundleInfo, out: Path, groups: dict[str, list[str]]) -> BundleInfo:
-    """Fill sizes (by group of relative path prefixes) and the file list; write the manifest."""
+    """Fill sizes (by group of relative path prefixes) and the file list; write the manifest.
+
+    Idempotent: callers run it again after writing files (a README quoting the sizes)."""
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
+    info.files = []
     sizes = dict.fromkeys(groups, 0)
     sizes["app"] = 0
     for f in files:

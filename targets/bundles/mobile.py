@@ -96,7 +96,7 @@ def build_ios(converted: Path, out: Path, mode: str | None = None, force: bool =
     )
     info = finish(info, out, {"model": [package]})
     (out / "README.md").write_text(readme_ios(conv.card, cls, package, info, row))
-    return finish(BundleInfo(**{**info.to_dict(), "files": [], "sizes": {}}), out, {"model": [package]})
+    return finish(info, out, {"model": [package]})
 
 
 def build_android(converted: Path, out: Path, mode: str | None = None, force: bool = False) -> BundleInfo:
@@ -141,4 +141,4 @@ def build_android(converted: Path, out: Path, mode: str | None = None, force: bo
     groups = {"model": [f"assets/{model_file}"]}
     info = finish(info, out, groups)
     (out / "README.md").write_text(readme_android(conv.card, cls, model_file, info, row, layout))
-    return finish(BundleInfo(**{**info.to_dict(), "files": [], "sizes": {}}), out, groups)
+    return finish(info, out, groups)
