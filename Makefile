@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup setup-test system-deps toolchains demo convert-demo test lint bench clean
+.PHONY: setup setup-test system-deps toolchains demo convert-demo test lint bench coverage clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: setup
 
 bench: setup toolchains
 	$(BIN)/python bench/convert.py
+
+# Conformance matrix: ONNX's node tests (one per op) through every target -> docs/coverage.{md,json}.
+coverage: setup toolchains
+	$(BIN)/python -m converters.coverage --out docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

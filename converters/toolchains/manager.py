@@ -6,19 +6,31 @@ the Core ML route needs torch without torchvision). Each toolchain is a venv bui
 shipped with edgekit, installed with `--no-deps` so pip never re-resolves it, and keyed by the
 lock's hash so a changed lock gets a fresh environment. Workers talk to us through files: a JSON
 request in, a JSON response out; conversion never touches the network once installed.
+
+By default each `run_worker` call is a fresh interpreter. Under `persistent_workers()` one
+long-lived process per (toolchain, script) serves the calls instead (the TensorFlow import alone
+costs ~5-8 s per call on a small machine); a worker that times out or crashes is killed and the
+next call starts a new one. `time_limit()` bounds every worker call inside it by one deadline
+(a per-target timeout), in either mode.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,13 +187,58 @@ class WorkerResult:
     log_tail: str = field(repr=False, default="")
 
 
+class WorkerTimeoutError(BackendError):
+    """A worker ran past its time limit and was killed."""
+
+
+SERVE_FLAG = "--serve"  # workers/_worker.py: keep serving requests from stdin
+_DEADLINE: ContextVar[float | None] = ContextVar("edgekit_worker_deadline", default=None)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Every worker call inside shares one deadline `seconds` from now (None: no limit).
+
+    Nested limits keep the earlier deadline. A call past it raises WorkerTimeoutError.
+    """
+    if seconds is None:
+        yield
+        return
+    outer = _DEADLINE.get()
+    mine = time.monotonic() + seconds
+    token = _DEADLINE.set(mine if outer is None else min(outer, mine))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _effective_timeout(script: str, timeout: float) -> float:
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise WorkerTimeoutError(f"{script} timed out: the time limit was reached before it started")
+    return min(timeout, left)
+
+
+def _secs(t: float) -> str:
+    return f"{t:.0f}s" if t >= 10 else f"{t:.1f}s"
+
+
 def run_worker(toolchain: str, script: str, request: dict[str, Any], timeout: float = 1800) -> WorkerResult:
     """Run WORKERS/script in the toolchain's interpreter with a JSON request; return its JSON reply.
 
     A worker reports expected failures (unsupported op, bad input) in its reply as
-    {"ok": false, "error": {...}}; a crash or sys.exit without a reply becomes BackendError.
+    {"ok": false, "error": {...}}; a crash or sys.exit without a reply becomes BackendError,
+    running out of time WorkerTimeoutError (a BackendError).
     """
     tc = require(toolchain)
+    timeout = _effective_timeout(script, timeout)
+    pool = _POOL
+    if pool is not None and script not in pool.one_shot:
+        return pool.get(tc, script).call(request, timeout)
     with tempfile.TemporaryDirectory(prefix="edgekit-worker-") as tmp:
         req = Path(tmp) / "request.json"
         resp = Path(tmp) / "response.json"
@@ -196,7 +253,7 @@ def run_worker(toolchain: str, script: str, request: dict[str, Any], timeout: fl
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as e:
-            raise BackendError(f"{script} timed out after {timeout:.0f}s") from e
+            raise WorkerTimeoutError(f"{script} timed out after {_secs(timeout)}") from e
         seconds = time.perf_counter() - t0
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
         if not resp.exists():
@@ -204,6 +261,200 @@ def run_worker(toolchain: str, script: str, request: dict[str, Any], timeout: fl
                 f"{script} exited with code {proc.returncode} without a result; last output:\n{tail}"
             )
         return WorkerResult(json.loads(resp.read_text()), seconds, tail)
+
+
+class PersistentWorker:
+    """One long-lived `python SCRIPT --serve` process answering requests one at a time.
+
+    Requests and responses are files (as in the one-shot mode); a line on stdin says where they
+    are and a line back says the response is written. The worker's output goes to a log file that
+    is cut at each request, so a failure's tail is that request's output. On a timeout or crash
+    the whole process group (the worker and anything it spawned, e.g. onnxsim) is killed; the
+    next call starts a fresh process. After `max_requests` calls the process is recycled, bounding
+    what a leaky tool can accumulate.
+    """
+
+    def __init__(
+        self,
+        python: Path | str,
+        script: Path | str,
+        env: dict[str, str] | None = None,
+        max_requests: int | None = None,
+    ):
+        self.python, self.script, self.env = str(python), Path(script), env
+        self.max_requests = max_requests
+        self.name = self.script.name
+        self._dir = Path(tempfile.mkdtemp(prefix=f"edgekit-{self.script.stem}-"))
+        self._log = self._dir / "worker.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._served = 0
+        self._lock = threading.Lock()
+        self.starts = 0  # processes started so far (tests and the coverage runner read it)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        with open(self._log, "ab") as log:  # O_APPEND: cutting the file from here stays safe
+            self._proc = subprocess.Popen(
+                [self.python, str(self.script), SERVE_FLAG],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self.env,
+                start_new_session=True,  # its own process group, killed as a whole
+            )
+        self._served = 0
+        self.starts += 1
+        return self._proc
+
+    def call(self, request: dict[str, Any], timeout: float) -> WorkerResult:
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                proc = self._start()
+            os.truncate(self._log, 0)
+            req, resp = self._dir / "request.json", self._dir / "response.json"
+            resp.unlink(missing_ok=True)
+            req.write_text(json.dumps(request))
+            t0 = time.perf_counter()
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write((json.dumps({"request": str(req), "response": str(resp)}) + "\n").encode())
+                proc.stdin.flush()
+                answered = self._wait_reply(proc, time.monotonic() + timeout)
+            except BrokenPipeError:  # died before reading the request
+                answered = False
+            except TimeoutError:
+                self.kill()
+                raise WorkerTimeoutError(f"{self.name} timed out after {_secs(timeout)}") from None
+            seconds = time.perf_counter() - t0
+            tail = self._tail()
+            if not answered or not resp.exists():
+                try:
+                    code: int | None = proc.wait(5)
+                except subprocess.TimeoutExpired:  # closed its stdout but lingers
+                    code = None
+                self.kill()
+                raise BackendError(
+                    f"{self.name} exited with code {code} without a result; last output:\n{tail}"
+                )
+            self._served += 1
+            if self.max_requests and self._served >= self.max_requests:
+                self.close()
+            return WorkerResult(json.loads(resp.read_text()), seconds, tail)
+
+    @staticmethod
+    def _wait_reply(proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        """True once the worker's reply line arrives, False if it died; TimeoutError past the deadline."""
+        assert proc.stdout is not None
+        fd, buf = proc.stdout.fileno(), b""
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return False
+                buf += chunk
+        return True
+
+    def _tail(self, lines: int = 20) -> str:
+        try:
+            text = self._log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _close_pipes(proc)
+
+    def close(self, grace: float = 10.0) -> None:
+        """Ask the worker to finish (EOF on stdin); kill it if it does not within `grace` s."""
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def shutdown(self) -> None:
+        self.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
+class WorkerPool:
+    """The persistent workers of one `persistent_workers()` block, one per (toolchain, script).
+
+    Scripts in `one_shot` keep a fresh process per call (a handler not safe to call twice).
+    """
+
+    def __init__(self, max_requests: int | None = None, one_shot: Iterable[str] = ()):
+        self.max_requests = max_requests
+        self.one_shot = frozenset(one_shot)
+        self.workers: dict[tuple[str, str], PersistentWorker] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tc: Toolchain, script: str) -> PersistentWorker:
+        with self._lock:
+            key = (tc.name, script)
+            if key not in self.workers:
+                self.workers[key] = PersistentWorker(
+                    tc.python, WORKERS / script, worker_env(tc.root), self.max_requests
+                )
+            return self.workers[key]
+
+    def shutdown(self) -> None:
+        for w in self.workers.values():
+            w.shutdown()
+        self.workers.clear()
+
+
+_POOL: WorkerPool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def persistent_workers(max_requests: int | None = None, one_shot: Iterable[str] = ()) -> Iterator[WorkerPool]:
+    """Inside, `run_worker` reuses one live process per (toolchain, script); all end on exit.
+
+    `max_requests`: recycle a process after that many calls; `one_shot`: scripts that keep one
+    process per call. Process-wide (backends may run in threads); a nested block reuses the outer
+    pool.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        outer = _POOL
+        pool = outer or WorkerPool(max_requests, one_shot)
+        _POOL = pool
+    try:
+        yield pool
+    finally:
+        if outer is None:
+            with _POOL_LOCK:
+                _POOL = None
+            pool.shutdown()
 
 
 def status() -> list[dict[str, Any]]:

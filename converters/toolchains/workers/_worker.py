@@ -4,6 +4,12 @@ Stdlib only: this file is imported by scripts running in the isolated environmen
 edgekit itself is not installed. A worker is `python script.py REQ.json RESP.json`; it writes
 {"ok": true, ...result} or {"ok": false, "error": {"kind", "message", ...}} and exits 0 either way,
 so the caller can tell an expected failure (unsupported op) from a crash (no response file).
+
+`python script.py --serve` is the same worker kept alive for many requests (the caller pays the
+TensorFlow / torch import once): each stdin line is {"request": REQ.json, "response": RESP.json};
+when RESP.json is written the worker answers with one line {"done": RESP.json} on its original
+stdout. Everything else the process prints (Python or C++) goes to stderr, so tool chatter can
+never corrupt that channel. EOF on stdin, or the caller dying, ends the worker.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import io
 import json
 import os
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -76,8 +84,50 @@ def versions(*packages: str) -> dict[str, str]:
     return out
 
 
+SERVE_FLAG = "--serve"
+
+
 def main(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    req_path, resp_path = sys.argv[1], sys.argv[2]
+    if len(sys.argv) > 1 and sys.argv[1] == SERVE_FLAG:
+        serve(handler)
+    else:
+        handle_file(handler, sys.argv[1], sys.argv[2])
+
+
+def serve(handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Answer requests from stdin until EOF (see the module docstring for the protocol)."""
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # fd 1 (print, TensorFlow's C++ logging) now goes to stderr
+    _exit_with_parent()
+    home = os.getcwd()
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return
+        msg = json.loads(line)
+        try:
+            handle_file(handler, msg["request"], msg["response"])
+        finally:
+            os.chdir(home)  # handlers chdir for tools that write to the working directory
+            sys.stdout.flush()
+            sys.stderr.flush()
+        channel.write(json.dumps({"done": msg["response"]}) + "\n")
+
+
+def _exit_with_parent(poll_seconds: float = 1.0) -> None:
+    """A served worker must not outlive its caller (e.g. one killed on a timeout) with its memory."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def handle_file(handler: Callable[[dict[str, Any]], dict[str, Any]], req_path: str, resp_path: str) -> None:
     with open(req_path) as f:
         request = json.load(f)
     try:
