@@ -1,0 +1,74 @@
+"""Rewrites to Max / Min / ReduceMax that backends convert where the original op fails.
+
+- clip-dynamic-bounds: Clip whose min/max are computed tensors (not constants) -> Max then Min.
+  onnx2torch refuses dynamic bounds (Core ML) and onnx2tf converts them wrongly (measured on
+  ONNX's test_clip: max abs error 1.55). ONNX defines Clip as min(max(x, lo), hi), which is exactly
+  what is emitted (min > max gives max, as the spec says; a missing bound is the type's limit).
+- globalmaxpool-to-reducemax: GlobalMaxPool -> ReduceMax over the spatial axes, keepdims=1
+  (onnx2torch has no GlobalMaxPool converter).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from converters.passes._rewrite import apply_rules, const, int64s, opset_version
+from converters.passes.registry import register
+
+
+def _dynamic(v: ir.Value | None) -> bool:
+    return v is not None and ir.convenience.get_const_tensor(v) is None
+
+
+def _clip_check(_ctx, x, lo=None, hi=None, **_) -> bool:
+    return x.dtype is not None and (_dynamic(lo) or _dynamic(hi))
+
+
+def _limit(op, dtype: ir.DataType, which: str) -> ir.Value:
+    """A missing bound is the type's lowest/max value (the spec's default): Clip maps -inf to
+    -FLT_MAX when it has no min, so the rewrite must too."""
+    np_type = dtype.numpy()
+    info = np.finfo(np_type) if np.issubdtype(np_type, np.floating) else np.iinfo(np_type)
+    return const(op, info.min if which == "min" else info.max, dtype)
+
+
+def _clip(op, x, lo=None, hi=None, **_):
+    y = op.Max(x, lo if lo is not None else _limit(op, x.dtype, "min"))
+    return op.Min(y, hi if hi is not None else _limit(op, x.dtype, "max"))
+
+
+_CLIP_RULES = [
+    pattern.RewriteRule(lambda op, x, lo, hi: op.Clip(x, lo, hi), _clip, _clip_check),
+    pattern.RewriteRule(lambda op, x, hi: op.Clip(x, None, hi), _clip, _clip_check),
+    pattern.RewriteRule(lambda op, x, lo: op.Clip(x, lo, None), _clip, _clip_check),
+    pattern.RewriteRule(lambda op, x, lo: op.Clip(x, lo), _clip, _clip_check),
+]
+
+
+@register("clip-dynamic-bounds")
+def clip_dynamic_bounds(model: onnx.ModelProto) -> bool:
+    """Clip with non-constant min/max -> Max(x, min) then Min(., max)."""
+    return apply_rules(model, _CLIP_RULES, {"Clip"})
+
+
+def _gmp_check(_ctx, x) -> bool:
+    return x.shape is not None and len(x.shape) >= 3
+
+
+def _gmp_rule(opset: int) -> pattern.RewriteRule:
+    def rewrite(op, x):
+        axes = list(range(2, len(x.shape)))
+        if opset >= 18:  # ReduceMax takes axes as an input from opset 18 on
+            return op.ReduceMax(x, int64s(op, axes), keepdims=1)
+        return op.ReduceMax(x, axes=axes, keepdims=1)
+
+    return pattern.RewriteRule(lambda op, x: op.GlobalMaxPool(x), rewrite, _gmp_check)
+
+
+@register("globalmaxpool-to-reducemax")
+def globalmaxpool_to_reducemax(model: onnx.ModelProto) -> bool:
+    """GlobalMaxPool -> ReduceMax(axes=spatial, keepdims=1); needs the input's rank."""
+    return apply_rules(model, [_gmp_rule(opset_version(model))], {"GlobalMaxPool"})
