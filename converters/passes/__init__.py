@@ -34,6 +34,7 @@ _TF = (
     "decompose-Asinh",
     "decompose-Atanh",
     "expand-Celu",
+    "expand-DepthToSpace",
     "expand-MeanVarianceNormalization",
     "expand-CastLike",
     *_COMMON_TAIL,
