@@ -180,20 +180,26 @@ def expand(model: onnx.ModelProto, op_types: set[str]) -> set[str]:
     return done
 
 
+def _exists_at(op_type: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return False
+    return True
+
+
 def expand_newer_than(model: onnx.ModelProto, limit: int) -> list[str]:
-    """Expand every op whose version in the model is newer than opset `limit` and that has a
-    function body (Gelu-20, Swish-24, RMSNormalization-23... for a backend at opset 17 or 20):
-    the version converter cannot take an op below the opset that introduced it. In place; the
-    op types expanded, in order."""
-    opset = opset_version(model)
+    """Expand every op that did not exist yet at opset `limit` and has a function body (Gelu-20,
+    Mish-18, Swish-24, RMSNormalization-23... for a backend at opset 17 or 20): the version
+    converter has no adapter below the opset that introduced an op. Ops that existed at `limit`
+    are left to the converter's adapters (their native kernels are faster than a body). In place;
+    the op types expanded, in order."""
     done: list[str] = []
     for _ in range(4):  # a body may use other new ops; each round expands one level
         newer = {
             n.op_type
             for n in model.graph.node
-            if n.domain in ("", "ai.onnx")
-            and onnx.defs.has(n.op_type)
-            and onnx.defs.get_schema(n.op_type, opset, "").since_version > limit
+            if n.domain in ("", "ai.onnx") and onnx.defs.has(n.op_type) and not _exists_at(n.op_type, limit)
         }
         expanded = expand(model, newer) if newer else set()
         if not expanded:
