@@ -23,20 +23,20 @@ log = logging.getLogger(__name__)
 # Composite ops come before the ops their bodies use (SoftmaxCrossEntropyLoss's body calls
 # NegativeLogLikelihoodLoss; many bodies use CastLike), and fold-constants comes last, to fold the
 # Constant/CastLike prologues of expanded bodies and what pin-input-shapes made static.
-_COMMON_TAIL = ("clip-dynamic-bounds", "explicit-pads", "fold-constants")
+_COMMON_TAIL = ("explicit-pads", "fold-constants")
 _TF = (
     "inline-local-functions",
     "sanitize-node-names",
-    # measured on ONNX's node tests through onnx2tf 1.29.24 + LiteRT (Flex-only or wrong before)
+    # measured on ONNX's node tests through onnx2tf 1.29.24 + LiteRT: Flex-only (LiteRT cannot
+    # run them) or wrong before, matched after
     "decompose-Acos",
     "decompose-Asin",
     "decompose-Acosh",
     "decompose-Asinh",
     "decompose-Atanh",
-    "expand-Celu",
     "expand-DepthToSpace",
-    "expand-MeanVarianceNormalization",
-    "expand-CastLike",
+    "expand-SpaceToDepth",
+    "expand-CastLike",  # onnx2tf has no CastLike converter
     *_COMMON_TAIL,
 )
 DEFAULT_PASSES: dict[str, tuple[str, ...]] = {
@@ -68,6 +68,7 @@ DEFAULT_PASSES: dict[str, tuple[str, ...]] = {
         "decompose-Cosh",
         "decompose-Sinh",
         "globalmaxpool-to-reducemax",
+        "clip-dynamic-bounds",  # onnx2torch: "Dynamic value of min/max is not implemented"
         *_COMMON_TAIL,
     ),
 }

@@ -1,9 +1,9 @@
 """Rewrites to Max / Min / ReduceMax that backends convert where the original op fails.
 
-- clip-dynamic-bounds: Clip whose min/max are computed tensors (not constants) -> Max then Min.
-  onnx2torch refuses dynamic bounds (Core ML) and onnx2tf converts them wrongly (measured on
-  ONNX's test_clip: max abs error 1.55). ONNX defines Clip as min(max(x, lo), hi), which is exactly
-  what is emitted (min > max gives max, as the spec says; a missing bound is the type's limit).
+- clip-dynamic-bounds: Clip whose min/max are computed tensors (not constants) -> two Where(Less)
+  selections, exactly ONNX's min(max(x, lo), hi) (min > max gives max, as the spec says; a missing
+  bound is the type's limit). onnx2torch refuses dynamic bounds ("Dynamic value of min/max is not
+  implemented").
 - globalmaxpool-to-reducemax: GlobalMaxPool -> ReduceMax over the spatial axes, keepdims=1
   (onnx2torch has no GlobalMaxPool converter).
 """
@@ -36,8 +36,13 @@ def _limit(op, dtype: ir.DataType, which: str) -> ir.Value:
 
 
 def _clip(op, x, lo=None, hi=None, **_):
-    y = op.Max(x, lo if lo is not None else _limit(op, x.dtype, "min"))
-    return op.Min(y, hi if hi is not None else _limit(op, x.dtype, "max"))
+    # Where/Less, not Max/Min: onnx2torch turns a two-input Max/Min into broadcast_to + stack,
+    # and coremltools has no broadcast_to (measured: "cannot convert the TorchScript op
+    # 'broadcast_to'"); torch.where broadcasts by itself. NaN stays NaN (x < lo is false).
+    lo = lo if lo is not None else _limit(op, x.dtype, "min")
+    hi = hi if hi is not None else _limit(op, x.dtype, "max")
+    y = op.Where(op.Less(x, lo), lo, x)
+    return op.Where(op.Less(hi, y), hi, y)
 
 
 _CLIP_RULES = [
@@ -50,7 +55,7 @@ _CLIP_RULES = [
 
 @register("clip-dynamic-bounds")
 def clip_dynamic_bounds(model: onnx.ModelProto) -> bool:
-    """Clip with non-constant min/max -> Max(x, min) then Min(., max)."""
+    """Clip with non-constant min/max -> Where(x < min, min, x), then the same for max."""
     return apply_rules(model, _CLIP_RULES, {"Clip"})
 
 

@@ -23,7 +23,7 @@ X = np.concatenate([rng.standard_normal(200) * 3, [np.nan, np.inf, -np.inf, 0.0]
         (["x", "lo", ""], -0.25, None),
     ],
 )
-def test_dynamic_clip_becomes_max_min(inputs: list[str], lo: float | None, hi: float | None) -> None:
+def test_dynamic_clip_becomes_selections(inputs: list[str], lo: float | None, hi: float | None) -> None:
     bounds = [tensor(n, np.float32, []) for n in inputs[1:] if n]
     m = model(
         [helper.make_node("Clip", inputs, ["y"])],
@@ -35,7 +35,7 @@ def test_dynamic_clip_becomes_max_min(inputs: list[str], lo: float | None, hi: f
         feeds["lo"] = np.array(lo, np.float32)
     if hi is not None:
         feeds["hi"] = np.array(hi, np.float32)
-    # exact: Max/Min compute the same comparisons Clip does
+    # exact: the selections compute the same comparisons Clip does
     legalize_and_compare(m, "clip-dynamic-bounds", feeds, rtol=0, atol=0, gone=["Clip"])
 
 
