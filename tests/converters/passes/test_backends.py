@@ -1,7 +1,7 @@
 """Legalized models through the real converters: what the passes are for.
 
-Without the passes these models do not convert (measured on ONNX's node tests, see the report in
-converters/passes/__init__.py): onnx2tf lowers Acos/Asin/Acosh/Asinh/Atanh to Flex ops LiteRT cannot
+Without the passes these models do not convert (measured on ONNX's node tests through the same
+workers): onnx2tf lowers Acos/Asin/Acosh/Asinh/Atanh to Flex ops LiteRT cannot
 run, and onnx2torch has no converter for Mish, Celu, GroupNormalization, Atanh or GlobalMaxPool
 (Clip with computed bounds needs the coreml worker to map torch.less to torch.lt first).
 """
