@@ -21,16 +21,24 @@ from converters.passes.functions import expand_newer_than
 log = logging.getLogger(__name__)
 
 
+def expand_new_ops(model: onnx.ModelProto, limit: int | None) -> list[str]:
+    """expand-<Op> for every op that did not exist at opset `limit` (see expand_newer_than); run
+    before the target's passes, so their CastLike expansion and constant folding see the bodies."""
+    if not limit or opset_version(model) <= limit:
+        return []
+    try:
+        return [f"expand-{op}" for op in expand_newer_than(model, limit)]
+    except Exception as e:  # as with any pass: an improvement, never a reason to fail
+        log.warning("cannot expand ops newer than opset %d: %s", limit, e)
+        return []
+
+
 def downgrade_opset(model: onnx.ModelProto, limit: int | None) -> list[str]:
     """Convert `model` in place down to opset `limit`; the names of what was done."""
     current = opset_version(model)
     if not limit or current <= limit:
         return []
-    try:
-        done = [f"expand-{op}" for op in expand_newer_than(model, limit)]
-    except Exception as e:  # as with any pass: an improvement, never a reason to fail
-        log.warning("cannot expand ops newer than opset %d: %s", limit, e)
-        done = []
+    done = expand_new_ops(model, limit)  # what the target's passes brought in, if anything
     try:
         converted = version_converter.convert_version(model, limit)
     except Exception as e:  # the converter lacks adapters for some ops; let the backend try
