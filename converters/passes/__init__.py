@@ -70,6 +70,7 @@ DEFAULT_PASSES: dict[str, tuple[str, ...]] = {
         "decompose-Cosh",
         "decompose-Sinh",
         "globalmaxpool-to-reducemax",
+        "sum-to-add",  # e.g. in Gelu's body
         "clip-dynamic-bounds",  # onnx2torch: "Dynamic value of min/max is not implemented"
         *_COMMON_TAIL,
     ),

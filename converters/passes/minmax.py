@@ -77,3 +77,14 @@ def _gmp_rule(opset: int) -> pattern.RewriteRule:
 def globalmaxpool_to_reducemax(model: onnx.ModelProto) -> bool:
     """GlobalMaxPool -> ReduceMax(axes=spatial, keepdims=1); needs the input's rank."""
     return apply_rules(model, [_gmp_rule(opset_version(model))], {"GlobalMaxPool"})
+
+
+# Two-input Sum is Add. onnx2torch converts Sum with broadcast_to + stack like Max/Min, which
+# coremltools cannot convert (measured: ONNX's Gelu body, "Concat got 0 values").
+_SUM_RULES = [pattern.RewriteRule(lambda op, a, b: op.Sum(a, b), lambda op, a, b: op.Add(a, b))]
+
+
+@register("sum-to-add")
+def sum_to_add(model: onnx.ModelProto) -> bool:
+    """Sum of two inputs -> Add (the same single rounding)."""
+    return apply_rules(model, _SUM_RULES, {"Sum"})

@@ -72,3 +72,13 @@ def test_globalmaxpool_of_unknown_rank_is_left_alone() -> None:
         check=False,
     )
     assert not REGISTRY["globalmaxpool-to-reducemax"].apply(m)
+
+
+def test_two_input_sum_becomes_add() -> None:
+    a, b = rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    m = model(
+        [helper.make_node("Sum", ["a", "b"], ["y"])],
+        [tensor("a", np.float32, [3, 4]), tensor("b", np.float32, [4])],
+        [tensor("y", np.float32, [3, 4])],
+    )
+    legalize_and_compare(m, "sum-to-add", {"a": a, "b": b}, rtol=0, atol=0, gone=["Sum"])
