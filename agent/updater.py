@@ -28,6 +28,7 @@ from agent.metrics import Metrics
 from agent.models import LoadedModel, ModelRegistry, load_model
 from agent.state import ModelState, StateStore
 from agent.store import Entry, ModelStore
+from edgekit.formats import runtime_for
 from edgekit.modelcard import ModelCard
 from edgekit.trust import (
     Manifest,
@@ -41,7 +42,6 @@ from edgekit.trust import (
     verify_artifact,
 )
 from edgekit.trust.errors import EXPIRED, REPLAY
-from targets.runtimes.base import RUNTIME_BY_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _file_type(art) -> str:
 def runtime_available(file_name: str) -> bool:
     """Can this box run an artifact file? Decided by its type (.onnx/.ort/.tflite), not its key:
     keys name format and precision (`onnx`, `onnx-int8-static`, `tflite-full-int8`)."""
-    runtime = RUNTIME_BY_SUFFIX.get(Path(file_name).suffix)
+    runtime = runtime_for(file_name)
     if runtime == "onnxruntime":
         return True
     if runtime == "litert":

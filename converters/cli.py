@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from converters import formats
+from edgekit import formats
 
 toolchain_app = typer.Typer(
     help="Install and list the isolated converter environments (TFLite/TF.js: onnx2tf + TensorFlow; "
@@ -53,6 +53,16 @@ def convert(
     max_drop: float | None = typer.Option(
         None, "--max-drop", help="Fail (exit 1) when an artifact's top-1 drops more than this many points."
     ),
+    input_shape: list[str] = typer.Option(
+        None,
+        "--input-shape",
+        help="NAME:D,D,... for dynamic dims the data does not give (repeatable). D is an int or LO..HI "
+        "(Core ML keeps a range flexible; TFLite/TF.js take the data's size or LO). A dynamic leading "
+        "dim (the batch axis) stays dynamic unless given.",
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Seconds one target's conversion may take; then its rows say timeout."
+    ),
     layout: str = typer.Option(
         "nchw", "--layout", help="TFLite/TF.js input layout: nchw (as the ONNX) or nhwc."
     ),
@@ -73,11 +83,14 @@ def convert(
     modes = [m.value for m in quantize] if quantize else None
     chosen_by = {}
     pairs = None
+    shapes = list(input_shape or [])
     if profile:
-        from targets.profiles import resolve_profile
+        from targets.profiles import get_profile, resolve_profile
 
         targets, modes, chosen_by = resolve_profile(profile, targets, modes)
         pairs = list(chosen_by)  # a profile may give each target its own modes
+        # the profile's shapes first: a flag for the same input replaces it
+        shapes = list(get_profile(profile).input_shapes) + shapes
     report = run(
         model,
         targets=targets or list(formats.TARGETS),
@@ -93,6 +106,8 @@ def convert(
         pairs=pairs,
         profile=profile,
         progress=not as_json,
+        input_shapes=shapes or None,
+        timeout=timeout,
     )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -100,6 +115,22 @@ def convert(
         print_table(report, Console(width=max(Console().width, 150)))
     if not report.ok:
         raise typer.Exit(1)
+
+
+def inspect(
+    model: Path = typer.Argument(..., help="An .onnx file."),
+    target: list[Target] = typer.Option(None, "--target", "-t", help="Targets to check; default all four."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+) -> None:
+    """Show MODEL's inputs/outputs (dynamic dims, integer ranges), its ops, and per target the passes that
+    would apply, the dims it needs pinned and the ops the conformance matrix saw fail. No toolchain runs."""
+    from converters.inspect import inspect_model, print_inspection
+
+    info = inspect_model(model, [t.value for t in target] if target else None)
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_inspection(info, Console(width=max(Console().width, 120)))
 
 
 @toolchain_app.command("install")
@@ -154,4 +185,5 @@ def toolchain_list(as_json: bool = typer.Option(False, "--json", help="JSON outp
 
 def register(app: typer.Typer) -> None:
     app.command("convert")(convert)
+    app.command("inspect")(inspect)
     app.add_typer(toolchain_app, name="toolchain")

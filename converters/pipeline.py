@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from converters import formats, validate
+from converters import shapes, validate
 from converters.backends.base import ExportJob, ExportResult
 from converters.card import build_card
 from converters.data import Dataset, load_npz
@@ -29,21 +29,20 @@ from converters.legalize import legalize
 from converters.optimize import optimize
 from converters.report import DROP, FAILED, MISMATCH, OK, SKIPPED, ArtifactReport, FileEntry, Report
 from converters.sources import load_source, sha256_file
-from edgekit import __version__
-from edgekit.errors import DataError, EdgekitError
+from converters.synth import synthesize
+from edgekit import __version__, formats
+from edgekit.errors import (
+    ConversionError,
+    DataError,
+    EdgekitError,
+    InvalidModelError,
+    ToolchainMissingError,
+)
 from edgekit.modelcard import ModelCard
 from targets.runtimes.base import open_runtime
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {
-    "onnx": "converters.backends.onnx:OnnxBackend",
-    "tflite": "converters.backends.tflite:TFLiteBackend",
-    "tfjs": "converters.backends.tfjs:TfjsBackend",
-    "coreml": "converters.backends.coreml:CoreMLBackend",
-}
-# tflite before tfjs: the TF.js backend reuses the SavedModel onnx2tf wrote for TFLite.
-TARGET_ORDER = ("onnx", "tflite", "tfjs", "coreml")
 EVAL_LIMIT = 512
 GOLDEN_INPUT = "golden_input.npz"  # one sample, written next to report.json for `fleet publish`  # samples used for parity when no eval set is given
 
@@ -66,10 +65,12 @@ class ConvertRequest:
     output_names: list[str] | None
     chosen_by: dict[tuple[str, str], str]
     profile: str | None
+    input_shapes: Any = None  # CLI strings or {name: dims}; see converters/shapes.py
+    timeout: float | None = None  # seconds per target's conversion
 
 
 def _backend(target: str):
-    module, cls = BACKENDS[target].split(":")
+    module, cls = formats.TARGETS[target].backend.split(":")
     return getattr(importlib.import_module(module), cls)()
 
 
@@ -158,6 +159,8 @@ def convert(
     pairs: Sequence[tuple[str, str]] | None = None,
     profile: str | None = None,
     progress: bool = False,
+    input_shapes: Any = None,
+    timeout: float | None = None,
 ) -> Report:
     """Convert `model` to every (target, mode) asked for, validate each, write DIR/report.json.
 
@@ -165,7 +168,9 @@ def convert(
     or exactly `pairs` when given (a device profile may give each target its own modes).
 
     `model`: an .onnx path, `sample:digits`, a .keras/.h5/SavedModel path, a torch nn.Module
-    (with `example_inputs`) or a Keras model. Returns the report; `report.ok` is False when any
+    (with `example_inputs`) or a Keras model. `input_shapes`: {name: [int | (lo, hi) | None]} or
+    `NAME:D,D,...` strings, for dynamic dims the data does not pin (converters/shapes.py).
+    `timeout`: seconds one target's conversion may take before it is reported as timed out. Returns the report; `report.ok` is False when any
     artifact failed, mismatched its reference, or dropped more than `max_drop` top-1 points.
     """
     if pairs is not None:  # per-target modes (device profiles); every pair must be supported
@@ -177,9 +182,9 @@ def convert(
         bad = [f"{t} {m}: {formats.support(t, m)[1]}" for t, m in pairs if not formats.support(t, m)[0]]
         if bad:
             raise EdgekitError(f"unsupported (target, mode) pairs: {'; '.join(bad)}")
-        plan = {t: [m for tt, m in pairs if tt == t] for t in TARGET_ORDER if t in set(targets)}
+        plan = {t: [m for tt, m in pairs if tt == t] for t in formats.TARGET_ORDER if t in set(targets)}
     else:
-        plan = {t: list(modes) for t in TARGET_ORDER if t in set(targets)}
+        plan = {t: list(modes) for t in formats.TARGET_ORDER if t in set(targets)}
     if layout not in ("nchw", "nhwc"):
         raise EdgekitError(f"unknown layout {layout!r}", hint="choose nchw or nhwc")
     out = Path(out)
@@ -198,29 +203,31 @@ def convert(
         output_names,
         chosen_by or {},
         profile,
+        input_shapes,
+        timeout,
     )
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".edgekit-work-", dir=out))
     try:
         with _Progress(progress) as prog:
             return _run(req, work, prog)
+    except EdgekitError:
+        raise
+    except Exception as e:  # never a traceback: name what broke, keep the details for -v
+        log.debug("convert failed", exc_info=True)
+        raise ConversionError(
+            f"conversion failed: {type(e).__name__}: {_first_line(e)}",
+            hint="rerun with -v for the details; this is an edgekit bug if the model runs in onnxruntime",
+        ) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
-    out, max_drop = req.out, req.max_drop
-    prog.step("importing model")
-    source = load_source(req.model, work / "source", req.example_inputs, req.input_names, req.output_names)
-    prog.step("optimizing (shape inference, onnxslim)")
-    fp32 = work / "model.onnx"
-    opt_info = optimize(source.onnx_path, fp32)
-    card = build_card(fp32, source, name=req.name, labels=req.labels)
+def _load_data(req: ConvertRequest, source, card: ModelCard) -> tuple[Dataset | None, Dataset | None]:
     calibration, eval_data = req.calibration, req.eval_data
     if source.sample:
         calibration = calibration or source.sample_file("calib")
         eval_data = eval_data or source.sample_file("eval")
-
     calib = load_npz(calibration, card, "calibration") if calibration else None
     needs_calib = [
         t
@@ -233,51 +240,86 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
             f"--quantize int8 needs calibration data for {', '.join(dict.fromkeys(needs_calib))}",
             hint="pass --calibration CALIB.npz (arrays keyed by input name; ~200 representative samples)",
         )
-    if max_drop is not None and eval_data is None:
+    if req.max_drop is not None and eval_data is None:
         raise DataError("--max-drop needs --eval EVAL.npz with a 'labels' array")
     evaluation = (
-        load_npz(eval_data, card, "evaluation", need_labels=max_drop is not None) if eval_data else None
+        load_npz(eval_data, card, "evaluation", need_labels=req.max_drop is not None) if eval_data else None
     )
-    data = evaluation or (
-        calib.head(EVAL_LIMIT) if calib else Dataset(card.sample_inputs(batch=8), None, None)
-    )
+    return calib, evaluation
+
+
+def _reference(path: Path, data: Dataset, batchable: bool) -> tuple[Any, dict[str, np.ndarray]]:
+    """fp32 outputs in ONNX Runtime: the judge of every artifact. A model ORT cannot run on these
+    inputs is the user's input problem, said in one line."""
+    try:
+        rt = open_runtime(path)
+        return rt, validate.run_samples(rt, data.inputs, batchable)
+    except EdgekitError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InvalidModelError(
+            f"onnxruntime cannot run the model on the validation inputs: {first[:400]}",
+            hint="check --input-shape and the --eval/--calibration data against the model's inputs",
+        ) from e
+
+
+def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
+    out, max_drop = req.out, req.max_drop
+    prog.step("importing model")
+    source = load_source(req.model, work / "source", req.example_inputs, req.input_names, req.output_names)
+    prog.step("optimizing (shape inference, onnxslim)")
+    fp32 = work / "model.onnx"
+    opt_info = optimize(source.onnx_path, fp32)
+    card = build_card(fp32, source, name=req.name, labels=req.labels)
+    calib, evaluation = _load_data(req, source, card)
+    given = shapes.parse_input_shapes(req.input_shapes)
+    stacked = evaluation or calib
+    plan = shapes.plan_shapes(card, given, shapes.sample_shapes(stacked.inputs) if stacked else None)
+    data = evaluation or (calib.head(EVAL_LIMIT) if calib else synthesize(card, fp32, plan.run_shapes()))
+    batchable = shapes.batchable(card)
     inputs_npz = data.save(work / "inputs.npz")
     # The golden input for on-device smoke tests: a real sample, so int8 artifacts are judged
     # in-distribution (a random tensor falls outside the calibrated ranges).
-    data.head(1).save(out / GOLDEN_INPUT)
+    data.save_feed(out / GOLDEN_INPUT)
     calib_npz = calib.save(work / "calibration.npz") if calib else None
 
     prog.step("fp32 reference (onnxruntime)")
-    ref_rt = open_runtime(source.onnx_path)
-    reference = validate.run_batched(ref_rt, data.inputs)
-    sample = {k: v[:1] for k, v in data.inputs.items()}
+    ref_rt, reference = _reference(source.onnx_path, data, batchable)
     ref_info: dict[str, Any] = {
         "runtime": "onnxruntime",
-        "latency_ms": validate.latency_ms(ref_rt, sample),
+        "latency_ms": validate.latency_ms(ref_rt, data.feed(0)),
         "samples": len(data),
-        "data": str(data.path) if data.path else "random (seeded)",
+        "data": str(data.path) if data.path else "synthesized (seeded)",
+        "input_shapes": plan.run_shapes(),
     }
     if data.labels is not None:
         ref_info["top1"] = validate.top1(reference, data.labels)
 
     rows: list[ArtifactReport] = []
     export_seconds: dict[str, float] = {}  # wall time of each target's whole export step
+    ctx = _TargetContext(
+        fp32, card, out, work, inputs_npz, calib_npz, req.layout, plan, batchable, req.timeout
+    )
     for target, modes in req.plan.items():
         wanted = [m for m in modes if formats.support(target, m)[0]]
         for m in modes:
             ok, why = formats.support(target, m)
             if not ok:
-                rows.append(ArtifactReport(target, m, m, SKIPPED, error=f"skipped: {why}"))
+                rows.append(
+                    ArtifactReport(target, m, m, SKIPPED, error=f"skipped: {why}", error_kind="skipped")
+                )
         if not wanted:
             continue
-        prog.step(f"{target}: converting ({', '.join(wanted)})")
+        prog.step(f"{target}: legalizing and converting ({', '.join(wanted)})")
         t0 = time.perf_counter()
-        results = _export_target(target, wanted, fp32, card, out, work, inputs_npz, calib_npz, req.layout)
+        results, legalized, dims = _export_target(target, wanted, ctx)
         export_seconds[target] = round(time.perf_counter() - t0, 3)
         for res in results:
-            prog.step(f"{target} {res.mode}: validating")
-            row = _validate(target, res, card, data, reference, ref_info, out)
+            prog.step(f"{target} {res.mode}: validating in {formats.TARGETS[target].runtime}")
+            row = _validate(target, res, card, data, reference, ref_info, out, batchable)
             row.chosen_by = req.chosen_by.get((target, res.mode), "flag")
+            row.legalized, row.input_shapes = legalized, dims
             rows.append(row)
 
     if max_drop is not None:
@@ -285,6 +327,7 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
             if row.status == OK and row.top1_drop_pts is not None and row.top1_drop_pts > max_drop:
                 row.status = DROP
                 row.error = f"top-1 drop {row.top1_drop_pts:.2f} pt exceeds --max-drop {max_drop}"
+                row.error_kind = "accuracy_drop"
 
     card.save(out / "model_card.json")
     for target in req.plan:
@@ -307,43 +350,87 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
     return report
 
 
+@dataclass
+class _TargetContext:
+    """What every target's export shares (the prepared model, data files, shapes, limits)."""
+
+    fp32: Path
+    card: ModelCard
+    out: Path
+    work: Path
+    inputs_npz: Path
+    calib_npz: Path | None
+    layout: str
+    plan: shapes.ShapePlan
+    batchable: bool
+    timeout: float | None
+
+
 def _export_target(
-    target, modes, fp32, card: ModelCard, out: Path, work: Path, inputs_npz, calib_npz, layout
-) -> list[ExportResult]:
-    target_dir = out / target
+    target: str, modes: list[str], ctx: _TargetContext
+) -> tuple[list[ExportResult], list[str], dict]:
+    """Pin shapes, legalize and export one target; every failure becomes a per-mode result."""
+    fmt = formats.TARGETS[target]
+    target_dir = ctx.out / target
     target_dir.mkdir(parents=True, exist_ok=True)
-    model_copy = work / f"{target}.onnx"
+    model_copy = ctx.work / f"{target}.onnx"
+    dims = (
+        ctx.plan.for_target(static=fmt.shapes == "static")
+        if fmt.shapes != "dynamic"
+        else {n: list(s.declared) for n, s in ctx.plan.inputs.items()}
+    )
+    passes: list[str] = []
     try:
-        toolchain = formats.TARGETS[target].toolchain
-        if toolchain is not None:
+        if fmt.toolchain is not None:
             from converters.toolchains.manager import require
 
             require(target)  # a missing toolchain fails with the command that installs it
-        passes = legalize(fp32, model_copy, target)
-        backend = _backend(target)
+        src = ctx.fp32
+        if fmt.shapes != "dynamic" and ctx.plan.needs_pinning(static=fmt.shapes == "static"):
+            src = ctx.work / f"{target}-pinned.onnx"
+            shapes.pin_onnx(ctx.fp32, src, dims)
+            passes.append("pin-input-shapes")
+        passes += legalize(src, model_copy, target)
         job = ExportJob(
             target,
             model_copy,
-            card,
+            ctx.card,
             modes,
             target_dir,
-            inputs_npz,
-            calib_npz,
-            options={"layout": layout, "work_dir": str(work), "legalize": passes},
+            ctx.inputs_npz,
+            ctx.calib_npz,
+            options={
+                "layout": ctx.layout,
+                "work_dir": str(ctx.work),
+                "legalize": passes,
+                "input_shapes": dims,
+                "batchable": ctx.batchable,
+                **({"timeout": ctx.timeout} if ctx.timeout else {}),
+            },
         )
-        results = backend.export(job)
-    except EdgekitError as e:  # toolchain missing, backend crash: every mode of this target fails
-        return [ExportResult(m, error=str(e), error_kind=type(e).__name__) for m in modes]
+        results = _backend(target).export(job)
+    except EdgekitError as e:  # toolchain missing, backend crash, timeout: every mode of this target fails
+        kind = "toolchain_missing" if isinstance(e, ToolchainMissingError) else _kind_of(str(e))
+        return [ExportResult(m, error=str(e), error_kind=kind) for m in modes], passes, dims
     except Exception as e:
         log.debug("%s backend crashed", target, exc_info=True)
-        return [
-            ExportResult(m, error=f"{target}: {type(e).__name__}: {e}", error_kind="backend_crash")
-            for m in modes
-        ]
+        return (
+            [
+                ExportResult(m, error=f"{target}: {type(e).__name__}: {e}", error_kind="backend_crash")
+                for m in modes
+            ],
+            passes,
+            dims,
+        )
     by_mode = {r.mode: r for r in results}
-    return [
+    results = [
         by_mode.get(m) or ExportResult(m, error=f"{target}: backend produced nothing for {m}") for m in modes
     ]
+    return results, passes, dims
+
+
+def _kind_of(message: str) -> str:
+    return "timeout" if "timed out" in message else "backend_crash"
 
 
 def _open_for_validation(target: str, res: ExportResult, card: ModelCard):
@@ -353,12 +440,23 @@ def _open_for_validation(target: str, res: ExportResult, card: ModelCard):
         from converters.toolchains.manager import require
         from targets.runtimes.tfjs_node import TfjsNodeRuntime
 
-        return TfjsNodeRuntime(main, require("tfjs").node_modules)
-    return open_runtime(main, output_names=res.output_names or [o.name for o in card.outputs])
+        return TfjsNodeRuntime(
+            main,
+            require("tfjs").node_modules,
+            output_names=res.output_names,
+            input_names=[i.name for i in card.inputs],
+            output_perms=res.output_perms,
+        )
+    return open_runtime(
+        main,
+        output_names=res.output_names or [o.name for o in card.outputs],
+        input_names=[i.name for i in card.inputs],
+        output_perms=res.output_perms,
+    )
 
 
 def _validate(
-    target, res: ExportResult, card, data: Dataset, reference, ref_info, out: Path
+    target, res: ExportResult, card, data: Dataset, reference, ref_info, out: Path, batchable: bool
 ) -> ArtifactReport:
     fmt = formats.TARGETS[target]
     precision = fmt.modes[res.mode].label
@@ -375,6 +473,7 @@ def _validate(
     )
     if not res.ok:
         row.error = res.error or "no files produced"
+        row.error_kind = res.error_kind or "backend_crash"
         return row
     row.files = _file_entries(res.files, out)
     row.bytes = sum(f.bytes for f in row.files)
@@ -385,16 +484,17 @@ def _validate(
             got = {k: npz[k] for k in npz.files}
         else:
             rt = _open_for_validation(target, res, card)
-            got = validate.run_batched(rt, data.inputs)
+            got = validate.run_samples(rt, data.inputs, batchable)
             bench = getattr(rt, "benchmark_ms", None)
-            sample = {k: v[:1] for k, v in data.inputs.items()}
+            sample = data.feed(0)
             row.latency_ms = bench(sample) if bench else validate.latency_ms(rt, sample)
             row.versions = {**row.versions, **rt.versions()}
-        p = validate.parity(res.mode, reference, got)
+        tol = formats.precision(target, res.mode).tolerance
+        p = validate.parity(tol, reference, got)
         for comp in res.companions:
             # A companion (e.g. ORT format) must compute what the validated artifact computes.
-            alt = validate.run_batched(open_runtime(comp), data.inputs)
-            cp = validate.parity(res.mode, got, alt)
+            alt = validate.run_samples(open_runtime(comp), data.inputs, batchable)
+            cp = validate.parity(tol, got, alt)
             row.checks[f"companion:{comp.suffix}"] = {"max_abs_vs_artifact": cp.max_abs_err, "ok": cp.ok}
             if not cp.ok:
                 raise ValueError(
@@ -403,13 +503,21 @@ def _validate(
         row.companions = _file_entries(res.companions, out)
     except Exception as e:
         log.debug("validation of %s %s failed", target, res.mode, exc_info=True)
-        row.error = f"validation in {fmt.runtime} failed: {type(e).__name__}: {e}"
+        row.error = f"validation in {fmt.runtime} failed: {type(e).__name__}: {_first_line(e)}"
+        row.error_kind = "validation"
         return row
+    row.outputs = validate.align_outputs(reference, got)
     row.max_abs_err, row.cosine, row.parity_bound = p.max_abs_err, p.cosine, p.bound
     if data.labels is not None:
         row.top1 = validate.top1(validate.align_outputs(reference, got), data.labels)
         row.top1_drop_pts = round((ref_info["top1"] - row.top1) * 100.0, 3)
     row.status = OK if p.ok else MISMATCH
     if not p.ok:
+        row.error_kind = "mismatch"
         row.error = f"outputs differ from the fp32 reference: cosine {p.cosine:.6f}, max abs {p.max_abs_err:.3g} ({p.bound})"
     return row
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else "")[:500]

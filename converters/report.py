@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,17 @@ class ArtifactReport:
     versions: dict[str, str] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    error_kind: str | None = (
+        None  # unsupported_op | needs_shapes | timeout | backend_crash | validation | ...
+    )
     chosen_by: str | None = None  # "flag" or "profile:<name>"
+    legalized: list[str] = field(default_factory=list)  # ONNX passes applied for this target
+    input_shapes: dict[str, list[Any]] = field(
+        default_factory=dict
+    )  # what the artifact takes (None: dynamic)
+    # The artifact's outputs on the validation samples, for callers of convert() (the conformance
+    # matrix); in memory only, never written to report.json.
+    outputs: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def main_file(self) -> str | None:
@@ -67,6 +77,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for a in d["artifacts"]:
+            a.pop("outputs", None)
         d["ok"] = self.ok
         return d
 
@@ -81,7 +93,8 @@ class Report:
         for a in d.pop("artifacts"):
             a["files"] = [FileEntry(**f) for f in a.get("files", [])]
             a["companions"] = [FileEntry(**f) for f in a.get("companions", [])]
-            arts.append(ArtifactReport(**a))
+            known = {f.name for f in fields(ArtifactReport)}
+            arts.append(ArtifactReport(**{k: v for k, v in a.items() if k in known}))
         return cls(artifacts=arts, **d)
 
 
@@ -90,6 +103,7 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def print_table(report: Report, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     ref = report.reference
@@ -128,7 +142,9 @@ def print_table(report: Report, console) -> None:
     console.print(table)
     for a in report.artifacts:
         if a.error:
-            console.print(f"[red]{a.target} {a.precision}[/]: {a.error}", highlight=False)
+            console.print(f"[red]{a.target} {a.precision}[/]: {escape(a.error)}", highlight=False)
         elif a.runtime_note:
-            console.print(f"[dim]{a.target} {a.precision}: {a.runtime_note}[/]", highlight=False)
+            console.print(f"[dim]{a.target} {a.precision}: {escape(a.runtime_note)}[/]", highlight=False)
+        if a.legalized:
+            console.print(f"[dim]{a.target} {a.precision}: legalized: {', '.join(a.legalized)}[/]", highlight=False)
     console.print(f"report: {Path(report.out_dir) / 'report.json'}")

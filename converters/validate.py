@@ -1,6 +1,6 @@
 """Numbers that make an export trustworthy: parity with the fp32 reference, top-1, latency.
 
-Parity bounds are per mode and explicit. A conversion that "succeeds" but misses its bound is
+Parity bounds are per precision and explicit, from the one table (edgekit/formats.py). A conversion that "succeeds" but misses its bound is
 reported as a mismatch (a failure), never as ok.
 """
 
@@ -12,19 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.formats import Tolerance
 from targets.runtimes.base import Runtime
-
-# Minimum cosine similarity (flattened outputs) vs the fp32 ONNX Runtime reference, per mode.
-MIN_COSINE = {
-    "none": 0.99999,
-    "fp16": 0.999,
-    "int8-dynamic": 0.99,
-    "int8": 0.98,
-    "palettize6": 0.98,
-    "palettize4": 0.90,
-}
-# fp32 exports must also match element-wise: max abs error relative to the output's scale.
-FP32_MAX_ABS_REL = 1e-4
 
 
 @dataclass
@@ -35,17 +24,40 @@ class Parity:
     bound: str
 
 
-def run_batched(runtime: Runtime, inputs: dict[str, np.ndarray], batch: int = 64) -> dict[str, np.ndarray]:
-    """Run many samples; loop in chunks (1 when the artifact's batch dim is fixed at 1)."""
-    n = len(next(iter(inputs.values())))
+def run_samples(
+    runtime: Runtime, inputs: dict[str, np.ndarray], batchable: bool, chunk: int = 64
+) -> dict[str, np.ndarray]:
+    """Outputs for a sample stack (converters/data.py), stacked the same way: (samples, *out_shape).
+
+    `batchable` (the model has a batch axis on every input and output, see shapes.batchable):
+    samples are concatenated along it and run `chunk` at a time, unless the artifact fixed that
+    axis (a converter may pin the batch). Otherwise each sample is one run.
+    """
+    n = len(next(iter(inputs.values()))) if inputs else 1
+    if not inputs:
+        return _stack([runtime.run({}) for _ in range(n)])
     first = runtime.inputs[0].shape[0] if runtime.inputs and runtime.inputs[0].shape else None
-    step = 1 if first == 1 else batch
-    chunks: dict[str, list[np.ndarray]] = {}
-    for i in range(0, n, step):
-        out = runtime.run({k: v[i : i + step] for k, v in inputs.items()})
-        for k, v in out.items():
-            chunks.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in chunks.items()}
+    if batchable and not isinstance(first, int):  # an artifact with a pinned batch runs sample by sample
+        chunks: dict[str, list[np.ndarray]] = {}
+        for i in range(0, n, chunk):
+            feed = {k: v[i : i + chunk].reshape(-1, *v.shape[2:]) for k, v in inputs.items()}
+            m = min(chunk, n - i)
+            for k, y in runtime.run(feed).items():
+                y = np.asarray(y)
+                chunks.setdefault(k, []).append(y.reshape(m, y.shape[0] // m, *y.shape[1:]))
+        return {k: np.concatenate(v) for k, v in chunks.items()}
+    return _stack([runtime.run({k: v[i] for k, v in inputs.items()}) for i in range(n)])
+
+
+def _stack(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    result = {}
+    for k in outs[0]:
+        parts = [np.asarray(o[k]) for o in outs]
+        try:
+            result[k] = np.stack(parts)
+        except ValueError:  # data-dependent output shapes (NMS, NonZero): compare flattened
+            result[k] = np.concatenate([p.ravel() for p in parts])
+    return result
 
 
 def align_outputs(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -57,7 +69,8 @@ def align_outputs(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) 
     raise ValueError(f"artifact outputs {sorted(got)} do not match the reference {sorted(reference)}")
 
 
-def parity(mode: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Parity:
+def parity(tol: Tolerance, reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Parity:
+    """Worst cosine over outputs >= tol.min_cosine (and, for fp32, max abs <= max_abs_rel x scale)."""
     got = align_outputs(reference, got)
     max_abs, worst_cos, scale = 0.0, 1.0, 0.0
     for name, ref in reference.items():
@@ -68,11 +81,10 @@ def parity(mode: str, reference: dict[str, np.ndarray], got: dict[str, np.ndarra
         denom = np.linalg.norm(a) * np.linalg.norm(b)
         cos = float(np.dot(a, b) / denom) if denom > 0 else float(np.allclose(a, b))
         worst_cos = min(worst_cos, cos)
-    min_cos = MIN_COSINE[mode]
-    ok = worst_cos >= min_cos
-    bound = f"cosine >= {min_cos}"
-    if mode == "none":
-        limit = FP32_MAX_ABS_REL * max(1.0, scale)
+    ok = worst_cos >= tol.min_cosine
+    bound = f"cosine >= {tol.min_cosine}"
+    if tol.max_abs_rel is not None:
+        limit = tol.max_abs_rel * max(1.0, scale)
         ok = ok and max_abs <= limit
         bound += f", max_abs <= {limit:.2g}"
     return Parity(max_abs, worst_cos, ok, bound)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except EdgekitError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        # the message is text, not markup: `pip install 'edgekit[litert]'` must print its brackets
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
 
 

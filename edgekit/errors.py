@@ -47,6 +47,12 @@ class ToolchainMissingError(EdgekitError):
         self.name = name
 
 
+class ConversionError(EdgekitError):
+    """Conversion broke outside any one target (exit 1, like a failed artifact)."""
+
+    exit_code = 1
+
+
 class BackendError(EdgekitError):
     """A converter backend crashed or exited (onnx2tf calls sys.exit on failure)."""
 

@@ -21,20 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.formats import format_for, smoke_tolerances
 from edgekit.trust import sha256_file
 from fleet.db import Database
 from fleet.errors import FleetError, NotFoundError
 from fleet.store import ArtifactStore
 
 log = logging.getLogger(__name__)
-
-_EXT_FORMAT = {
-    ".onnx": "onnx",
-    ".ort": "ort",
-    ".tflite": "tflite",
-    ".mlpackage": "coreml",
-    ".mlmodel": "coreml",
-}
 
 
 @dataclass
@@ -61,10 +54,10 @@ def _format_of(entry: dict[str, Any], files: list[Path]) -> str:
     if entry.get("format"):
         return str(entry["format"])
     first = files[0]
-    if first.name == "model.json" or any(f.name == "model.json" for f in files):
+    if any(f.name == "model.json" for f in files):
         return "tfjs"
-    if first.suffix in _EXT_FORMAT:
-        return _EXT_FORMAT[first.suffix]
+    if format_for(first):
+        return str(format_for(first))
     return str(entry.get("target") or first.suffix.lstrip(".") or "bin")
 
 
@@ -121,7 +114,9 @@ def _smoke_test(card: dict[str, Any], onnx_path: Path | None, golden: Path) -> d
     except Exception as e:  # a model the card does not describe: publish without a smoke test
         log.warning("no smoke test for %s: %s", onnx_path, e)
         return None
-    return build_smoke_test(inputs, dict(zip(names, outs, strict=True)))
+    # the conversion's own parity tolerances, per precision label: an artifact that passed
+    # `edgekit convert` passes its signed smoke test on the box by the same numbers
+    return build_smoke_test(inputs, dict(zip(names, outs, strict=True)), tolerance=smoke_tolerances())
 
 
 class Registry:

@@ -39,11 +39,21 @@ class ExportResult:
     checks: dict[str, Any] = field(default_factory=dict)  # static checks (spec, op list, weight dtypes)
     versions: dict[str, str] = field(default_factory=dict)  # converter/tool versions used
     output_names: list[str] | None = None  # artifact outputs in ONNX order when the tool renamed them
+    # output name -> transpose giving the ONNX layout back (onnx2tf leaves some outputs channels-last)
+    output_perms: dict[str, list[int]] = field(default_factory=dict)
     seconds: float = 0.0  # conversion time for this mode (shared runs are split evenly)
 
     @property
     def ok(self) -> bool:
         return self.error is None and bool(self.files)
+
+
+DEFAULT_TIMEOUT = 1800.0
+
+
+def timeout_of(job: ExportJob) -> float:
+    """Seconds a toolchain worker may take for this job (`--timeout`); then its rows say timeout."""
+    return float(job.options.get("timeout") or DEFAULT_TIMEOUT)
 
 
 class Backend(Protocol):

@@ -15,9 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from converters.backends.base import ExportJob, ExportResult
+from converters.backends.base import ExportJob, ExportResult, timeout_of
 from converters.toolchains import manager
 from edgekit.errors import EdgekitError, ToolchainMissingError
+from edgekit.formats import TARGETS
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,15 @@ class CoreMLBackend:
 
     def export(self, job: ExportJob) -> list[ExportResult]:
         try:
-            reply = manager.run_worker(TOOLCHAIN, WORKER, self.request(job))
+            reply = manager.run_worker(TOOLCHAIN, WORKER, self.request(job), timeout=timeout_of(job))
         except EdgekitError as e:  # toolchain missing (hint names the install command), crash, timeout
-            kind = "toolchain_missing" if isinstance(e, ToolchainMissingError) else "backend_crash"
+            kind = (
+                "toolchain_missing"
+                if isinstance(e, ToolchainMissingError)
+                else "timeout"
+                if "timed out" in str(e)
+                else "backend_crash"
+            )
             return [ExportResult(m, error=str(e), error_kind=kind) for m in job.modes]
         data = reply.data
         if not data.get("ok"):
@@ -55,16 +62,19 @@ class CoreMLBackend:
             "sim_dir": str(sim_dir),
             "name": _safe_name(job.card.name),
             "modes": list(job.modes),
+            "mode_args": {m: dict(TARGETS["coreml"].modes[m].args) for m in job.modes},
             "inputs_npz": str(job.inputs_npz),
-            "inputs": [_tensor(t) for t in job.card.inputs],
+            # dims as this target takes them: ints, None (dynamic batch) or [lo, hi] ranges
+            "inputs": [_tensor(t, job.options.get("input_shapes", {}).get(t.name)) for t in job.card.inputs],
+            "batchable": bool(job.options.get("batchable")),
             "outputs": [_tensor(t) for t in job.card.outputs],
             "options": {k: job.options[k] for k in ("max_batch", "weight_threshold") if k in job.options},
         }
 
 
-def _tensor(spec: Any) -> dict[str, Any]:
+def _tensor(spec: Any, dims: list | None = None) -> dict[str, Any]:
     d = asdict(spec)
-    return {"name": d["name"], "shape": d["shape"], "dtype": d["dtype"]}
+    return {"name": d["name"], "shape": dims if dims is not None else d["shape"], "dtype": d["dtype"]}
 
 
 def _safe_name(name: str) -> str:

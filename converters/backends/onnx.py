@@ -9,20 +9,12 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from converters.backends.base import ExportJob, ExportResult
-from converters.data import Dataset
+from converters.data import load_stack
 from converters.quantize import onnx as q
+from edgekit.formats import precision
 
 log = logging.getLogger(__name__)
-
-FILE_NAMES = {
-    "none": "model.onnx",
-    "fp16": "model_fp16.onnx",
-    "int8-dynamic": "model_int8_dynamic.onnx",
-    "int8": "model_int8.onnx",
-}
 
 
 class OnnxBackend:
@@ -32,7 +24,7 @@ class OnnxBackend:
         return [self._one(job, mode) for mode in job.modes]
 
     def _one(self, job: ExportJob, mode: str) -> ExportResult:
-        dest = job.out_dir / FILE_NAMES[mode]
+        dest = job.out_dir / precision("onnx", mode).args["file"]
         t0 = time.perf_counter()
         try:
             if mode == "none":
@@ -43,8 +35,7 @@ class OnnxBackend:
                 q.to_int8_dynamic(job.model_path, dest)
             elif mode == "int8":
                 assert job.calibration_npz is not None  # the pipeline refuses int8 without it
-                npz = np.load(job.calibration_npz)
-                q.to_int8_static(job.model_path, dest, Dataset({k: npz[k] for k in npz.files}, None, None))
+                q.to_int8_static(job.model_path, dest, load_stack(job.calibration_npz))
             seconds = time.perf_counter() - t0  # the raw tool's job; the ORT companion is extra
             ort = _to_ort_format(dest)
         except Exception as e:

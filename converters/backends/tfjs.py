@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from converters.backends.base import ExportJob, ExportResult
+from converters.backends.base import ExportJob, ExportResult, timeout_of
 from converters.backends.tflite import error_message, layout_of, run_onnx2tf, work_dir_for
 from converters.toolchains import manager
 from edgekit.errors import BackendError
+from edgekit.formats import TARGETS
 
-QUANTIZE = {"none": None, "fp16": "float16", "int8-dynamic": "uint8"}
-FOLDER = {"none": "fp32", "fp16": "fp16", "int8-dynamic": "uint8"}
+TARGET = TARGETS["tfjs"]  # mode -> args {"quantize": tensorflowjs weight quantization, "folder"}
 DEFAULT_SHARD_BYTES = 4 * 1024 * 1024
 
 
@@ -55,9 +55,9 @@ class TfjsBackend:
 
     def export(self, job: ExportJob) -> list[ExportResult]:
         results = {m: ExportResult(mode=m) for m in job.modes}
-        modes = [m for m in job.modes if m in QUANTIZE]
+        modes = [m for m in job.modes if m in TARGET.modes]
         for m in job.modes:
-            if m not in QUANTIZE:
+            if m not in TARGET.modes:
                 results[m].error, results[m].error_kind = f"tfjs: unsupported mode {m}", "unsupported_mode"
         if not modes:
             return list(results.values())
@@ -84,13 +84,20 @@ class TfjsBackend:
         request = {
             "saved_model": o2t["saved_model"],
             "shard_bytes": shard,
-            "jobs": {m: {"out_dir": str(job.out_dir / FOLDER[m]), "quantize": QUANTIZE[m]} for m in modes},
+            "jobs": {
+                m: {
+                    "out_dir": str(job.out_dir / TARGET.modes[m].args["folder"]),
+                    "quantize": TARGET.modes[m].args["quantize"],
+                }
+                for m in modes
+            },
         }
         try:
-            res = manager.run_worker("tensorflow", "tfjs_worker.py", request)
+            res = manager.run_worker("tensorflow", "tfjs_worker.py", request, timeout=timeout_of(job))
         except BackendError as e:
             for m in modes:
-                results[m].error, results[m].error_kind = f"tfjs: {e}", "backend_crash"
+                kind = "timeout" if "timed out" in str(e) else "backend_crash"
+                results[m].error, results[m].error_kind = f"tfjs: {e}", kind
             return
         if not res.data.get("ok"):
             err = res.data.get("error", {})
@@ -112,13 +119,15 @@ class TfjsBackend:
             r.versions = versions
             r.output_names = signature_output_names(r.files[0], list(o2t["outputs"]))
             rename_signature_outputs(r.files[0], r.output_names)
+            r.output_perms = dict(o2t.get("probe", {}).get("output_perms") or {})
             r.checks = {
                 "format": "tfjs_graph_model",
-                "weight_quantization": QUANTIZE[m] or "none",
+                "weight_quantization": TARGET.modes[m].args["quantize"] or "none",
                 "shards": len(r.files) - 1,
                 "shard_bytes": shard,
                 "layout": layout_of(job).upper(),
                 "onnx2tf_probe": o2t.get("probe", {}),
+                "output_perms": r.output_perms,
             }
             if o2t.get("probe", {}).get("fixed_batch"):
                 r.checks["fixed_batch"] = o2t["probe"]["fixed_batch"]

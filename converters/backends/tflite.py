@@ -19,18 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converters.backends.base import ExportJob, ExportResult
+from converters.backends.base import ExportJob, ExportResult, timeout_of
 from converters.toolchains import manager
 from edgekit.errors import BackendError, UnsupportedOperatorError
+from edgekit.formats import TARGETS
 
-# edgekit mode -> onnx2tf precision, and the artifact name suffix we ship it under.
-PRECISION = {"none": "float32", "fp16": "float16", "int8-dynamic": "dynamic_range", "int8": "full_integer"}
-FILE_SUFFIX = {
-    "none": "float32",
-    "fp16": "float16",
-    "int8-dynamic": "dynamic_range_quant",
-    "int8": "full_integer_quant",
-}
+TARGET = TARGETS["tflite"]  # mode -> args {"onnx2tf": precision to ask for, "suffix": file suffix}
 
 
 @dataclass
@@ -95,8 +89,9 @@ def run_onnx2tf(job: ExportJob, precisions: set[str], work_dir: Path) -> Onnx2tf
             "input_layouts": {t.name: t.layout for t in job.card.inputs},
             "calibration_npz": str(job.calibration_npz) if "full_integer" in precisions else None,
             "probe_npz": str(job.inputs_npz) if job.inputs_npz and Path(job.inputs_npz).exists() else None,
+            "batchable": bool(job.options.get("batchable")),
         }
-        res = manager.run_worker("tensorflow", "onnx2tf_worker.py", request)
+        res = manager.run_worker("tensorflow", "onnx2tf_worker.py", request, timeout=timeout_of(job))
         data = res.data
         if not data.get("ok"):
             manifest.unlink(missing_ok=True)
@@ -144,14 +139,14 @@ class TFLiteBackend:
     target = "tflite"
 
     def export(self, job: ExportJob) -> list[ExportResult]:
-        modes = [m for m in job.modes if m in PRECISION]
+        modes = [m for m in job.modes if m in TARGET.modes]
         results = {m: ExportResult(mode=m) for m in job.modes}
         for m in job.modes:
-            if m not in PRECISION:
+            if m not in TARGET.modes:
                 results[m].error, results[m].error_kind = f"tflite: unknown mode {m}", "unsupported_mode"
         if not modes:
             return list(results.values())
-        precisions = {PRECISION[m] for m in modes}
+        precisions = {TARGET.modes[m].args["onnx2tf"] for m in modes}
         with work_dir_for(job) as wd:
             run = run_onnx2tf(job, precisions, wd)
             share = run.seconds / len(modes)
@@ -165,18 +160,20 @@ class TFLiteBackend:
             onnx_outputs = list(data["outputs"])
             for m in modes:
                 r = results[m]
-                p = PRECISION[m]
-                dest = job.out_dir / f"{artifact_stem(job)}_{FILE_SUFFIX[m]}.tflite"
+                p = TARGET.modes[m].args["onnx2tf"]
+                dest = job.out_dir / f"{artifact_stem(job)}_{TARGET.modes[m].args['suffix']}.tflite"
                 shutil.copyfile(data["files"][p], dest)
                 r.files = [dest]
                 r.seconds = share
                 r.versions = dict(data.get("versions", {}))
                 names = data["output_names"][p]
                 r.output_names = names
+                r.output_perms = dict(data.get("probe", {}).get("output_perms") or {})
                 r.checks = {
                     "layout": layout_of(job).upper(),
                     "onnx2tf_probe": data.get("probe", {}),
                     "output_order": names if names != onnx_outputs else "onnx",
+                    "output_perms": r.output_perms,
                 }
                 if data.get("probe", {}).get("fixed_batch"):
                     r.checks["fixed_batch"] = data["probe"]["fixed_batch"]

@@ -9,7 +9,7 @@ from converters.data import Dataset
 
 
 class DatasetReader(CalibrationDataReader):
-    """Batch 1 per step: calibration statistics must not depend on the batch dimension."""
+    """One sample per step: calibration statistics must not depend on the batch dimension."""
 
     def __init__(self, data: Dataset, limit: int = 200):
         self._data = data.head(limit)
@@ -20,7 +20,7 @@ class DatasetReader(CalibrationDataReader):
             return None
         i = self._i
         self._i += 1
-        return {k: v[i : i + 1] for k, v in self._data.inputs.items()}
+        return self._data.feed(i)  # one whole input per step (converters/data.py)
 
     def rewind(self) -> None:
         self._i = 0

@@ -8,8 +8,8 @@ smoke_test = {
   "inputs":  {name: {"dtype": "float32", "shape": [1, 1, 8, 8], "data_b64": "..."}},
   "outputs": {name: {"dtype": ..., "shape": ..., "data_b64": ...}},   # the fp32 reference
   "outputs_sha256": hex,   # digest of the canonical "outputs" object, for logs and identity
-  "tolerance": {"default": {"atol": 1e-3, "min_cosine": 0.9999},
-                "fp16": {...}, "int8": {...}}                         # keyed by artifact precision
+  "tolerance": {"default": {"atol": 1e-3, "min_cosine": 0.99999},
+                "int8-static": {...}, "full-int8": {...}, ...}       # keyed by precision label
 }
 
 An output passes when its shape matches and (max |a - b| <= atol OR cosine >= min_cosine):
@@ -24,14 +24,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from edgekit.formats import smoke_tolerances
 from edgekit.trust.canonical import canonical_json
 
-DEFAULT_TOLERANCE: dict[str, dict[str, float]] = {
-    "default": {"atol": 1e-3, "min_cosine": 0.9999},
-    "fp32": {"atol": 1e-3, "min_cosine": 0.9999},
-    "fp16": {"atol": 2e-2, "min_cosine": 0.999},
-    "int8": {"atol": 0.25, "min_cosine": 0.99},
-}
+# label -> {atol, min_cosine}: the conversion's parity table (edgekit/formats.py), so an artifact
+# that passed `edgekit convert` is judged on the box by the same numbers.
+DEFAULT_TOLERANCE: dict[str, dict[str, float]] = smoke_tolerances()
 
 
 def encode_tensor(array: Any) -> dict[str, Any]:
@@ -73,17 +71,6 @@ class SmokeResult:
     detail: str = ""
 
 
-def tolerance_class(precision: str) -> str:
-    """Map a converter's precision label (`int8-static`, `full-int8`, `dynamic-range`, `w8-linear`,
-    `fp16-weights`, `w6-palette`, ...) to the tolerance row that applies to it."""
-    p = precision.lower()
-    if "fp16" in p:
-        return "fp16"
-    if any(k in p for k in ("int8", "uint8", "w8", "w6", "w4", "dynamic-range", "palette")):
-        return "int8"
-    return "fp32" if p in ("fp32", "none", "") else "default"
-
-
 def check_smoke_outputs(
     smoke: dict[str, Any], outputs: dict[str, Any], precision: str = "fp32"
 ) -> SmokeResult:
@@ -95,12 +82,7 @@ def check_smoke_outputs(
     import numpy as np
 
     tol_table = smoke.get("tolerance") or DEFAULT_TOLERANCE
-    tol = (
-        tol_table.get(precision)
-        or tol_table.get(tolerance_class(precision))
-        or tol_table.get("default")
-        or DEFAULT_TOLERANCE["default"]
-    )
+    tol = tol_table.get(precision) or tol_table.get("default") or DEFAULT_TOLERANCE["default"]
     expected = {k: decode_tensor(v) for k, v in smoke["outputs"].items()}
     if set(outputs) != set(expected):
         if len(outputs) != len(expected):

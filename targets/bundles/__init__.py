@@ -18,31 +18,22 @@ import numpy as np
 
 import edgekit
 from edgekit.errors import EdgekitError
+from edgekit.formats import tolerance_for_label
 from edgekit.modelcard import ModelCard
 
 SAMPLES_DIR = Path(edgekit.__file__).parent / "samples"
 SAMPLE_COUNT = 8  # samples shipped with a bundle: enough to pick from, small on disk
 MANIFEST = "edgekit-bundle.json"
 
-# Max abs error on outputs vs the onnxruntime fp32 reference, by the report's precision label.
-# fp32 runtimes differ only in summation order; fp16 weights/compute cost ~1e-3 relative on logits
-# of magnitude ~10 (measured 7e-3 worst case over the digits eval set); int8 numbers are the
-# measured worst cases with margin, and callers should also check the argmax for those.
-TOLERANCE: dict[str, float] = {
-    "fp32": 1e-4,
-    "fp16": 1e-2,
-    "fp16-weights": 1e-2,
-    "w8-linear": 0.2,
-    "int8-dynamic": 0.5,
-    "dynamic-range": 0.5,
-    "uint8-weights": 0.5,
-    "int8-static": 3.0,
-    "full-int8": 3.0,
-}
 
-
-def tolerance(precision: str) -> float:
-    return TOLERANCE.get(precision, 3.0)
+def tolerance(precision: str) -> dict[str, float]:
+    """{min_cosine, atol} of a precision label: the conversion's own parity bound (edgekit/formats.py).
+    A bundle's self-check passes an output when cosine >= min_cosine or max abs <= atol, the rule
+    the on-device smoke test uses, so a bundle accepts exactly what `edgekit convert` validated."""
+    tol = tolerance_for_label(precision)
+    if tol is None:
+        raise EdgekitError(f"unknown precision {precision!r} in the conversion report")
+    return tol.to_dict()
 
 
 @dataclass
@@ -85,7 +76,9 @@ def load_converted(path: Path) -> Converted:
             hint="edgekit convert MODEL --out DIR, then bundle DIR",
         )
     card_raw = json.loads(card.read_text())
-    return Converted(root, ModelCard.from_dict(card_raw), card_raw, json.loads(report.read_text())["artifacts"])
+    return Converted(
+        root, ModelCard.from_dict(card_raw), card_raw, json.loads(report.read_text())["artifacts"]
+    )
 
 
 def main_path(conv: Converted, row: dict[str, Any], suffix: str) -> Path:
@@ -122,7 +115,9 @@ def sample_inputs(
         data = np.load(sample_npz)
         missing = [t.name for t in card.inputs if t.name not in data.files]
         if missing:
-            raise EdgekitError(f"{sample_npz} lacks inputs {missing}", hint="keys must be the card's input names")
+            raise EdgekitError(
+                f"{sample_npz} lacks inputs {missing}", hint="keys must be the card's input names"
+            )
         inputs = {t.name: np.asarray(data[t.name][:n]).astype(t.dtype) for t in card.inputs}
         labels = np.asarray(data["labels"][:n]) if "labels" in data.files else None
         return inputs, labels, str(sample_npz.name)
@@ -151,7 +146,7 @@ def write_sample_json(
     labels: np.ndarray | None,
     source: str,
     expected: dict[str, np.ndarray] | None,
-    tol: float,
+    tol: dict[str, float],
 ) -> None:
     doc: dict[str, Any] = {
         "source": source,
@@ -161,7 +156,7 @@ def write_sample_json(
     if expected is not None:
         doc["expected"] = {k: tensor_json(v) for k, v in expected.items()}
         doc["expected_from"] = "onnxruntime fp32 (onnx/model.onnx of the conversion)"
-        doc["tolerance_max_abs"] = tol
+        doc["tolerance"] = tol
     path.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
 
 

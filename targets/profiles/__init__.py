@@ -17,17 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError
+from edgekit.formats import TARGETS
 
 HERE = Path(__file__).parent
 
-# Kept here (not imported from converters.formats) because targets must not import converters;
-# tests check this table against converters.formats so the two cannot drift.
-SUPPORTED_MODES: dict[str, tuple[str, ...]] = {
-    "onnx": ("none", "fp16", "int8-dynamic", "int8"),
-    "tflite": ("none", "fp16", "int8-dynamic", "int8"),
-    "coreml": ("none", "fp16", "int8-dynamic", "palettize6", "palettize4"),
-    "tfjs": ("none", "fp16", "int8-dynamic"),
-}
+SUPPORTED_MODES: dict[str, tuple[str, ...]] = {t: tuple(f.modes) for t, f in TARGETS.items()}
 
 
 @dataclass(frozen=True)
@@ -40,6 +34,8 @@ class Profile:
     bundle: str | None = None  # the `edgekit bundle` kind that packs this profile's artifacts
     devices: list[str] = field(default_factory=list)
     notes: str = ""
+    # `NAME:D,D,...` like --input-shape, for profiles written for one model (flags override per input)
+    input_shapes: list[str] = field(default_factory=list)
 
     @property
     def pairs(self) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgekit.errors import DataError
 from edgekit.modelcard import TensorSpec
-from targets.runtimes.base import RuntimeUnavailableError
+from targets.runtimes.base import RuntimeUnavailableError, match_names, restore_layout
 
 
 def _interpreter_class():
@@ -55,14 +55,28 @@ def _dims(d) -> list[int | None]:
 class LiteRTRuntime:
     name = "litert"
 
-    def __init__(self, path: Path, threads: int | None = None, output_names: list[str] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None = None,
+        output_names: list[str] | None = None,
+        input_names: list[str] | None = None,
+        output_perms: dict[str, list[int]] | None = None,
+    ):
+        self._perms = dict(output_perms or {})
         cls, self.package = _interpreter_class()
         self.interpreter = cls(model_path=str(path), num_threads=threads or 1)
         self.interpreter.allocate_tensors()
         self._lock = threading.Lock()  # an Interpreter is not thread-safe
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
+        raw = [_clean_name(d["name"]) for d in self._in]
+        # converters may respell names (`input.1`, `x::y`); callers feed the model's public names
+        public = match_names(input_names, raw) if input_names else {n: n for n in raw}
+        self._public = {r: public[r] for r in raw}
         self.inputs = [self._spec(d) for d in self._in]
+        for spec in self.inputs:
+            spec.name = self._public[spec.name]
         names = [_clean_name(d["name"]) for d in self._out]
         if output_names and len(output_names) == len(names) and set(names) != set(output_names):
             self.output_map = dict(zip(names, output_names, strict=True))
@@ -83,7 +97,7 @@ class LiteRTRuntime:
     def _resize_if_needed(self, feeds: dict[str, np.ndarray]) -> None:
         changed = False
         for d in self._in:
-            arr = feeds[_clean_name(d["name"])]
+            arr = feeds[self._public[_clean_name(d["name"])]]
             if tuple(arr.shape) != tuple(d["shape"]):
                 self.interpreter.resize_tensor_input(d["index"], list(arr.shape))
                 changed = True
@@ -99,7 +113,7 @@ class LiteRTRuntime:
         with self._lock:
             self._resize_if_needed(feeds)
             for d in self._in:
-                x = np.asarray(feeds[_clean_name(d["name"])])
+                x = np.asarray(feeds[self._public[_clean_name(d["name"])]])
                 dtype = np.dtype(d["dtype"])
                 scale, zero = d["quantization"]
                 if dtype in (np.int8, np.uint8) and scale:
@@ -114,7 +128,7 @@ class LiteRTRuntime:
                 if np.dtype(d["dtype"]) in (np.int8, np.uint8) and scale:
                     y = (y.astype(np.float32) - zero) * scale
                 out[spec.name] = np.asarray(y, dtype=np.float32)
-        return out
+        return restore_layout(out, self._perms)
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version

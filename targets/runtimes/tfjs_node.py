@@ -24,7 +24,7 @@ import numpy as np
 
 from edgekit.errors import DataError, EdgekitError
 from edgekit.modelcard import TensorSpec
-from targets.runtimes.base import RuntimeUnavailableError
+from targets.runtimes.base import RuntimeUnavailableError, match_names, restore_layout
 
 SCRIPT = Path(__file__).with_name("tfjs_node.mjs")
 _FEED_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.uint8}
@@ -39,8 +39,11 @@ class TfjsNodeRuntime:
         node_modules: Path,
         output_names: list[str] | None = None,
         backend: str = "cpu",
+        input_names: list[str] | None = None,
         threads: int | None = None,  # accepted for interface parity; tfjs-cpu is single-threaded
+        output_perms: dict[str, list[int]] | None = None,
     ):
+        self._perms = dict(output_perms or {})
         node = shutil.which("node")
         if node is None:
             raise RuntimeUnavailableError(
@@ -65,7 +68,13 @@ class TfjsNodeRuntime:
             raise EdgekitError(f"TF.js cannot load {self.model_json}: {hello.get('error', hello)}")
         self.backend = hello["backend"]
         self._tfjs_version = hello["tfjs"]
-        self.inputs = [self._spec(t) for t in hello["inputs"]]
+        raw_inputs = [self._spec(t) for t in hello["inputs"]]
+        # tensorflowjs spells `input.1` as `input_1`: callers feed the model's public names
+        names_in = match_names(input_names, [t.name for t in raw_inputs]) if input_names else {}
+        self._feed_key = {names_in.get(t.name, t.name): t.name for t in raw_inputs}
+        for t in raw_inputs:
+            t.name = names_in.get(t.name, t.name)
+        self.inputs = raw_inputs
         names = [t["name"] for t in hello["outputs"]]
         self._raw_output_names = names
         if output_names and len(output_names) == len(names):
@@ -98,7 +107,7 @@ class TfjsNodeRuntime:
         for spec in self.inputs:
             dtype = np.dtype(_FEED_DTYPES.get(spec.dtype, np.float32))
             x = np.ascontiguousarray(feeds[spec.name], dtype=dtype)
-            payload[spec.name] = {
+            payload[self._feed_key.get(spec.name, spec.name)] = {
                 "dtype": spec.dtype if spec.dtype in _FEED_DTYPES else "float32",
                 "shape": list(x.shape),
                 "data": base64.b64encode(x.tobytes()).decode(),
@@ -116,7 +125,7 @@ class TfjsNodeRuntime:
             dt = np.float32 if o["dtype"] == "float32" else np.int32 if o["dtype"] == "int32" else np.uint8
             arr = np.frombuffer(base64.b64decode(o["data"]), dtype=dt).reshape(o["shape"])
             out[self.output_map.get(o["name"], o["name"])] = arr.astype(np.float32, copy=False)
-        return out
+        return restore_layout(out, self._perms)
 
     def versions(self) -> dict[str, str]:
         return {"@tensorflow/tfjs": self._tfjs_version, "tfjs-backend": self.backend}

@@ -116,7 +116,7 @@ def check_run(run: dict, reference, eval_inputs, tol: float, backend: str) -> fl
     one = np.asarray(run["sample0"]["outputs"]["logits"]["data"])  # through the page's Run path
     assert float(np.abs(one - ref[0]).max()) <= tol
     assert run["sample0"]["meanMs"] > 0
-    assert "within" in run["pageText"] and "max abs diff" in run["pageText"]
+    assert "within" in run["pageText"] and "max abs diff" in run["pageText"] and "cosine" in run["pageText"]
     return err
 
 

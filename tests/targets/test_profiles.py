@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from converters import formats
+from edgekit import formats
 from edgekit.cli import app
 from edgekit.errors import EdgekitError
 from targets.profiles import SUPPORTED_MODES, load_profiles, resolve_profile

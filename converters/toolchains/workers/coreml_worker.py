@@ -11,7 +11,7 @@ storage) and *simulated* outputs: the package's own weights (decompressed where 
 loaded back into the onnx2torch module and run with torch, in fp16 where the program computes in
 fp16. That measures the weight compression and fp16 rounding, not Core ML's kernels.
 
-Request: {"model", "out_dir", "name", "modes", "inputs_npz", "inputs": [{name, shape, dtype}],
+Request: {"model", "out_dir", "name", "modes", "mode_args", "inputs_npz", "inputs": [{name, shape, dtype}],
           "outputs": [{name, shape, dtype}], "options": {"max_batch", "weight_threshold"}}
 Response: {"versions", "results": [{"mode", "path", "simulated_outputs", "runtime_note", "checks",
            "seconds", "error", "error_kind"}]} or {"ok": false, "error": {"kind", "op", "node", ...}}
@@ -34,14 +34,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _worker import WorkerError, main, versions
 
 TARGET = "coreml"
-FP32_MODES = {"none"}
-# mode -> how the fp16 program's weights are compressed (None: stored as fp16)
-FP16_MODES: dict[str, tuple[str, int] | None] = {
-    "fp16": None,
-    "int8-dynamic": ("linear", 8),
-    "palettize6": ("palette", 6),
-    "palettize4": ("palette", 4),
-}
+# Per mode, what edgekit's target table (edgekit/formats.py) says to build, sent in the request as
+# {"mode_args": {mode: {"compute": "fp32"|"fp16", "compress": null | ["linear", 8] | ["palette", n]}}}.
+
+
+def _fp16(req: dict[str, Any], mode: str) -> bool:
+    return req["mode_args"][mode]["compute"] == "fp16"
+
+
+def _compression(req: dict[str, Any], mode: str) -> tuple[str, int] | None:
+    how = req["mode_args"][mode]["compress"]
+    return (str(how[0]), int(how[1])) if how else None
 # The torchvision stand-in cannot run these, so they are dropped from onnx2torch's registry and
 # reported as unsupported instead of failing later inside the trace.
 NEEDS_TORCHVISION = {"NonMaxSuppression", "RoiAlign"}
@@ -78,6 +81,7 @@ import onnx  # noqa: E402
 import onnx2torch  # noqa: E402
 import onnx2torch.converter as o2t_converter  # noqa: E402
 import torch  # noqa: E402
+from coremltools.converters.mil.mil.passes.defs.preprocess import NameSanitizer  # noqa: E402
 from onnx2torch.node_converters import registry as o2t_registry  # noqa: E402
 
 for _desc in [d for d in o2t_registry._CONVERTER_REGISTRY if d.operation_type in NEEDS_TORCHVISION]:
@@ -155,24 +159,35 @@ def onnx_to_torch(model_path: str) -> torch.nn.Module:
 # ---------------------------------------------------------------------------- torch -> Core ML
 
 
-def _core_ml_inputs(specs: list[dict[str, Any]], max_batch: int) -> list[Any]:
-    """TensorTypes named as the ONNX inputs; symbolic dims become RangeDims (dim 0 up to max_batch)."""
+def _core_ml_inputs(specs: list[dict[str, Any]], example: tuple[Any, ...], max_batch: int) -> list[Any]:
+    """TensorTypes named as the ONNX inputs. Dims come as edgekit resolved them for Core ML: an int
+    is fixed, [lo, hi] a RangeDim (`--input-shape x:1,3,48,32..640`), None the dynamic batch axis
+    (1..max_batch). Defaults are the traced example's sizes, which are known to work."""
     out = []
-    for spec in specs:
+    for spec, ex in zip(specs, example, strict=True):
         dims: list[Any] = []
         for i, d in enumerate(spec["shape"]):
             if isinstance(d, int) and d > 0:
                 dims.append(d)
+            elif isinstance(d, list):
+                dims.append(ct.RangeDim(lower_bound=d[0], upper_bound=d[1], default=int(ex.shape[i])))
             else:
-                dims.append(ct.RangeDim(lower_bound=1, upper_bound=max_batch if i == 0 else -1, default=1))
+                dims.append(ct.RangeDim(lower_bound=1, upper_bound=max_batch, default=int(ex.shape[i])))
         dtype = np.dtype(CORE_ML_DTYPES.get(spec["dtype"], spec["dtype"])).type
         out.append(ct.TensorType(name=spec["name"], shape=ct.Shape(dims), dtype=dtype))
     return out
 
 
-def _example(inputs: dict[str, np.ndarray], specs: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
-    # batch 2, not 1: a batch of 1 lets the trace treat the batch dim as a broadcastable constant
-    return tuple(torch.from_numpy(np.ascontiguousarray(inputs[s["name"]][:2])) for s in specs)
+def _example(
+    inputs: dict[str, np.ndarray], specs: list[dict[str, Any]], batchable: bool
+) -> tuple[torch.Tensor, ...]:
+    """One traced call from the sample stack. With a batch axis, two samples concatenated along it:
+    a batch of 1 lets the trace treat the batch dim as a broadcastable constant."""
+
+    def pick(x: np.ndarray) -> np.ndarray:
+        return np.concatenate(list(x[:2])) if batchable and len(x) >= 2 else x[0]
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(pick(inputs[s["name"]]))) for s in specs)
 
 
 def onnx_io(model_path: str, card_inputs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -201,7 +216,7 @@ def to_mlprogram(module: torch.nn.Module, ctx: dict[str, Any], fp16: bool) -> An
     ]
     return ct.convert(
         traced,
-        inputs=_core_ml_inputs(ctx["in_specs"], max_batch),
+        inputs=_core_ml_inputs(ctx["in_specs"], ctx["example"], max_batch),
         outputs=outputs,
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS16,
@@ -244,9 +259,25 @@ def _feature(f: Any) -> dict[str, Any]:
     return {"name": f.name, "dtype": dtype, "shape": shape, "ranges": ranges}
 
 
+def core_ml_name(name: str) -> str:
+    """The name Core ML gives a tensor: MIL names are identifiers, so coremltools sanitizes
+    (`input.1` -> `input_1`, `403` -> `var_403`). Apps keep the card's names via the name map."""
+    return NameSanitizer(prefix="_").sanitize_name(name, allow_prefix_underscore=False)
+
+
+def name_map(spec_side: list[dict[str, Any]], card_side: list[dict[str, Any]]) -> dict[str, str]:
+    """card name -> spec name, for the names Core ML had to change."""
+    return {
+        c["name"]: s["name"] for s, c in zip(spec_side, card_side, strict=False) if c["name"] != s["name"]
+    }
+
+
 def _io_mismatches(spec_side: list[dict[str, Any]], card_side: list[dict[str, Any]], what: str) -> list[str]:
     problems = []
-    if [s["name"] for s in spec_side] != [c["name"] for c in card_side]:
+    names_ok = len(spec_side) == len(card_side) and all(
+        s["name"] in (c["name"], core_ml_name(c["name"])) for s, c in zip(spec_side, card_side, strict=False)
+    )
+    if not names_ok:
         problems.append(
             f"{what} names {[s['name'] for s in spec_side]} != card {[c['name'] for c in card_side]}"
         )
@@ -351,6 +382,7 @@ def static_checks(path: Path, req: dict[str, Any], threshold: int) -> dict[str, 
         "spec_inputs": ins,
         "spec_outputs": outs,
         "io_matches_card": not mismatches,
+        "name_map": name_map(ins, req["inputs"]) | name_map(outs, req["outputs"]),
         "io_mismatches": mismatches,
         "mil_ops": dict(counts),
         "compute_dtypes": dict(compute),
@@ -425,33 +457,41 @@ def _is_compressed(mlmodel: Any) -> bool:
 
 
 def _forward(
-    module: torch.nn.Module, inputs: list[np.ndarray], dtype: torch.dtype, chunk: int = 256
+    module: torch.nn.Module, inputs: list[np.ndarray], dtype: torch.dtype, batchable: bool, chunk: int = 256
 ) -> list[np.ndarray]:
-    outs: list[list[np.ndarray]] = []
-    n = inputs[0].shape[0]
+    """Outputs for a sample stack, stacked per sample like edgekit's validation does."""
+
+    def call(args: list[np.ndarray]) -> list[np.ndarray]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in args]
+        tensors = [t.to(dtype) if t.is_floating_point() else t for t in tensors]
+        res = module(*tensors)
+        res = res if isinstance(res, (tuple, list)) else (res,)
+        return [r.float().numpy() for r in res]
+
+    n = inputs[0].shape[0] if inputs else 1
     with torch.no_grad():
+        if not batchable:
+            per = [call([x[i] for x in inputs]) for i in range(n)]
+            return [np.stack([p[j] for p in per]) for j in range(len(per[0]))]
+        outs: list[list[np.ndarray]] = []
         for i in range(0, n, chunk):
-            args = [
-                torch.from_numpy(x[i : i + chunk]).to(dtype)
-                if x.dtype.kind == "f"
-                else torch.from_numpy(x[i : i + chunk])
-                for x in inputs
-            ]
-            res = module(*args)
-            res = res if isinstance(res, (tuple, list)) else (res,)
-            outs.append([r.float().numpy() for r in res])
+            m = min(chunk, n - i)
+            ys = call([x[i : i + m].reshape(-1, *x.shape[2:]) for x in inputs])
+            outs.append([y.reshape(m, y.shape[0] // m, *y.shape[1:]) for y in ys])
     return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
 
 
-def simulate(sim: torch.nn.Module, inputs: list[np.ndarray], fp16: bool) -> tuple[list[np.ndarray], str]:
+def simulate(
+    sim: torch.nn.Module, inputs: list[np.ndarray], fp16: bool, batchable: bool
+) -> tuple[list[np.ndarray], str]:
     """Run in fp16 where torch CPU can (the program computes in fp16), else fp32 with a note."""
     if fp16:
         try:
-            return _forward(copy.deepcopy(sim).half(), inputs, torch.float16), "fp16"
+            return _forward(copy.deepcopy(sim).half(), inputs, torch.float16, batchable), "fp16"
         except (RuntimeError, NotImplementedError) as e:
             why = f"fp32 (torch CPU lacks an fp16 kernel here: {str(e)[:80]}; fp16 rounding of weights only)"
-            return _forward(sim, inputs, torch.float32), why
-    return _forward(sim, inputs, torch.float32), "fp32"
+            return _forward(sim, inputs, torch.float32, batchable), why
+    return _forward(sim, inputs, torch.float32, batchable), "fp32"
 
 
 # ---------------------------------------------------------------------------- driver
@@ -460,7 +500,7 @@ def simulate(sim: torch.nn.Module, inputs: list[np.ndarray], fp16: bool) -> tupl
 def export_mode(mode: str, base: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     req, out_dir = ctx["req"], Path(ctx["req"]["out_dir"])
     t0 = time.perf_counter()
-    how = None if mode in FP32_MODES else FP16_MODES[mode]
+    how = _compression(req, mode)
     model = compress(base, how, ctx["threshold"])
     path = out_dir / f"{req['name']}-{mode}.mlpackage"
     model.save(str(path))
@@ -468,11 +508,13 @@ def export_mode(mode: str, base: Any, ctx: dict[str, Any]) -> dict[str, Any]:
     checks = static_checks(path, req, ctx["threshold"])
     t1 = time.perf_counter()
     sim, info = load_package_weights(ctx["module"], model, ctx["mapping"])
-    outs, act = simulate(sim, ctx["inputs"], fp16=mode not in FP32_MODES)
+    outs, act = simulate(sim, ctx["inputs"], fp16=_fp16(req, mode), batchable=ctx["batchable"])
     # not beside the artifact: simulated outputs are evidence for the report, not something to ship
     sim_dir = Path(req.get("sim_dir") or out_dir)
     sim_dir.mkdir(parents=True, exist_ok=True)
     sim_path = sim_dir / f"{req['name']}-{mode}.simulated.npz"
+    if ctx["rows"]:
+        outs = [o.reshape(-1, *o.shape[2:]) for o in outs]
     np.savez(sim_path, **dict(zip(ctx["out_names"], outs, strict=True)))
     info.update(activations=act, seconds=round(time.perf_counter() - t1, 3))
     checks["simulation"] = info
@@ -510,18 +552,29 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
     in_specs, out_names = onnx_io(req["model"], req["inputs"])
     data = np.load(req["inputs_npz"])
     inputs = [np.asarray(data[s["name"]]) for s in in_specs]
+    # edgekit passes a stack of whole inputs (rank + 1); rows of a batch (the input's own rank)
+    # are read as samples of batch 1 and their outputs handed back as rows
+    rows = bool(inputs) and all(x.ndim == len(s["shape"]) for x, s in zip(inputs, in_specs, strict=True))
+    if rows:
+        inputs = [x[:, None] for x in inputs]
     ctx: dict[str, Any] = {
         "req": req,
         "module": module,
         "in_specs": in_specs,
         "out_names": out_names,
         "inputs": inputs,
-        "example": _example(dict(zip([s["name"] for s in in_specs], inputs, strict=True)), in_specs),
+        "batchable": bool(req.get("batchable")) or rows,
+        "rows": rows,
+        "example": _example(
+            dict(zip([s["name"] for s in in_specs], inputs, strict=True)),
+            in_specs,
+            bool(req.get("batchable")),
+        ),
         "threshold": int(req.get("options", {}).get("weight_threshold", 2048)),
     }
     results = []
     for fp16 in (False, True):
-        modes = [m for m in req["modes"] if (m not in FP32_MODES) == fp16]
+        modes = [m for m in req["modes"] if _fp16(req, m) == fp16]
         if not modes:
             continue
         base, secs = convert_precision(fp16, ctx)

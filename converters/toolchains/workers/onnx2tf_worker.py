@@ -76,7 +76,19 @@ def _input_layouts(model: Any, inputs: list[str], given: dict[str, str | None]) 
     return out
 
 
-def _calibration_files(npz_path: str, inputs: list[str], moved: list[str], folder: Path) -> list[list[Any]]:
+def _ranks(model: Any) -> dict[str, int]:
+    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in model.graph.input}
+
+
+def _rows(x: Any, rank: int) -> Any:
+    """A stack of whole inputs (edgekit's data convention, rank + 1 dims) as rows of one batch;
+    data already in rows (the input's own rank) as is."""
+    return x.reshape(-1, *x.shape[2:]) if x.ndim == rank + 1 and x.ndim >= 2 else x
+
+
+def _calibration_files(
+    npz_path: str, inputs: list[str], moved: list[str], folder: Path, ranks: dict[str, int]
+) -> list[list[Any]]:
     import numpy as np
 
     data = np.load(npz_path)
@@ -85,7 +97,8 @@ def _calibration_files(npz_path: str, inputs: list[str], moved: list[str], folde
         raise WorkerError("bad_input", f"calibration data lacks inputs {missing}; has {data.files}")
     params = []
     for name in inputs:
-        x = np.asarray(data[name], dtype=np.float32)
+        # onnx2tf reads axis 0 as its batch: concatenate a stack of whole inputs along it
+        x = _rows(np.asarray(data[name], dtype=np.float32), ranks[name])
         if name in moved:  # onnx2tf moved this input channels-last
             x = np.moveaxis(x, 1, -1)
         path = folder / f"calib_{len(params)}.npy"
@@ -125,6 +138,9 @@ def _output_names(tflite: Path, onnx_outputs: list[str]) -> list[str]:
     return list(onnx_outputs)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _conversion_error(exc: BaseException, log: str, model: Any) -> WorkerError:
     node_name = getattr(exc, "onnx_op_name", None)
     if node_name is None:
@@ -144,7 +160,7 @@ def _conversion_error(exc: BaseException, log: str, model: Any) -> WorkerError:
         msg = f"onnx2tf failed on it: {detail}" if detail else "onnx2tf has no converter for it"
         return WorkerError("unsupported_op", msg, op=op, node=node_name, log=tail(log))
     reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SystemExit) else f"exit code {exc.code}"
-    errors = [ln for ln in log.splitlines() if "ERROR" in ln]
+    errors = [_ANSI.sub("", ln) for ln in log.splitlines() if "ERROR" in ln]
     return WorkerError(
         "backend_crash", f"onnx2tf failed ({reason}) {' | '.join(errors[-3:])}".strip(), log=tail(log)
     )
@@ -164,22 +180,37 @@ def _convert(o2t: Any, kwargs: dict[str, Any], out: Path, model: Any, src: Path,
         os.chdir(cwd)
 
 
-def _probe_inputs(npz: str | None, model: Any, inputs: list[str]) -> dict[str, Any]:
-    """Two real samples per input (validation data), or seeded noise shaped like the ONNX inputs."""
+def _probe_inputs(npz: str | None, model: Any, inputs: list[str], batchable: bool) -> dict[str, Any]:
+    """Real samples (the validation data, a stack of whole inputs): two concatenated along the
+    batch axis when the model has one, else the first one; seeded noise if there is no data."""
     import numpy as np
 
     if npz:
         data = np.load(npz)
-        if all(n in data.files and len(data[n]) >= 2 for n in inputs):
-            return {n: np.asarray(data[n][:2], dtype=np.float32) for n in inputs}
+        dims = {vi.name: vi.type.tensor_type.shape.dim for vi in model.graph.input}
+        # a batch the user pinned (--input-shape x:1,...) is no longer a batch axis here
+        batchable = batchable and all(n in dims and dims[n] and not dims[n][0].dim_value for n in inputs)
+        ranks = _ranks(model)
+        if all(n in data.files and len(data[n]) >= 1 for n in inputs):
+            stacked = {n: data[n] if data[n].ndim == ranks[n] + 1 else data[n][:, None] for n in inputs}
+            if batchable and all(len(stacked[n]) >= 2 for n in inputs):
+                return {n: np.concatenate(list(stacked[n][:2])) for n in inputs}
+            return {n: np.asarray(stacked[n][0]) for n in inputs}
     rng = np.random.default_rng(0)
     feeds = {}
     for vi in model.graph.input:
         if vi.name in inputs:
             dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
-            dims[0] = 2 if not vi.type.tensor_type.shape.dim[0].dim_value else dims[0]
             feeds[vi.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
+
+
+def _signature_key(name: str, keys: list[str], position: int) -> str:
+    """The SavedModel signature's key for ONNX input `name` (onnx2tf rewrites `:` and `.`)."""
+    for cand in (name, name.replace(":", "__"), re.sub(r"[^A-Za-z0-9_]", "_", name)):
+        if cand in keys:
+            return cand
+    return keys[position] if position < len(keys) else name
 
 
 def _probe(saved: Path, model: Any, feeds: dict[str, Any], moved: list[str]) -> dict[str, Any]:
@@ -195,39 +226,64 @@ def _probe(saved: Path, model: Any, feeds: dict[str, Any], moved: list[str]) -> 
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    keys = list(fn.structured_input_signature[1])
     tf_feeds = {}
-    for name, x in feeds.items():
+    for i, (name, x) in enumerate(feeds.items()):
         if name in moved:
             x = np.moveaxis(x, 1, -1)
-        tf_feeds[name.replace(":", "__")] = tf.constant(x)
+        tf_feeds[_signature_key(name, keys, i)] = tf.constant(x)
     try:
         got = fn(**tf_feeds)
     except Exception as e:
         return {"ok": False, "batch": int(next(iter(feeds.values())).shape[0]), "error": str(e)[:300]}
     keys = list(got)
     outs = [o.name for o in model.graph.output]
-    worst = 0.0
+    worst, perms = 0.0, {}
     for i, name in enumerate(outs):
         key = name if name in got else f"output_{i}" if f"output_{i}" in got else keys[i]
         y, r = got[key].numpy(), ref[i]
         if y.shape != r.shape and y.ndim >= 3:
-            y = np.moveaxis(y, -1, 1)  # onnx2tf may leave image-like outputs channels-last
+            # onnx2tf leaves outputs of channels-last computations channels-last ([N,C,W] comes out
+            # [N,W,C]): record the transpose that gives the ONNX layout back; runtimes apply it
+            perm = [0, y.ndim - 1, *range(1, y.ndim - 1)]
+            y = np.transpose(y, perm)
+            perms[name] = perm
         if y.shape != r.shape:
             return {"ok": False, "error": f"output {name}: shape {list(y.shape)} vs onnx {list(r.shape)}"}
         worst = max(worst, float(np.max(np.abs(y - r)) / (1.0 + np.max(np.abs(r)))))
-    return {"ok": worst < 1e-3, "batch": int(ref[0].shape[0]) if ref[0].ndim else 1, "rel_err": worst}
+    batch = int(ref[0].shape[0]) if ref[0].ndim else 1
+    return {"ok": worst < 1e-3, "batch": batch, "rel_err": worst, "output_perms": perms}
+
+
+def _lower_ir_version(model: Any) -> bool:
+    """A model saved by a newer onnx (IR 12+) than this environment's onnxruntime reads: the IR
+    version only gates file features, so lower it to the oldest that carries the model's opset."""
+    import onnx
+
+    ops = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+    need = min(
+        (ir for _rel, ir, opset, *_ in onnx.helper.VERSION_TABLE if opset >= ops), default=model.ir_version
+    )
+    if model.ir_version > max(need, 10):
+        model.ir_version = max(need, 10)
+        return True
+    return False
 
 
 def handle(req: dict[str, Any]) -> dict[str, Any]:
     import onnx
 
-    out = Path(req["out_dir"])
+    out = Path(req["out_dir"]).resolve()  # onnx2tf runs with this as its working directory
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     src = out / "model.onnx"
     shutil.copyfile(req["model"], src)  # onnx2tf rewrites its input file in place
     model = onnx.load(str(src))
+    if _lower_ir_version(model):
+        onnx.save(model, str(src))
+        req = {**req, "model": str(out / "model.ir.onnx")}
+        onnx.save(model, req["model"])
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in initializers]
     outputs = [o.name for o in model.graph.output]
@@ -264,13 +320,13 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
             raise WorkerError("bad_input", "full integer quantization needs calibration data")
         kwargs["output_integer_quantized_tflite"] = True
         kwargs["custom_input_op_name_np_data_path"] = _calibration_files(
-            req["calibration_npz"], inputs, moved, out
+            req["calibration_npz"], inputs, moved, out, _ranks(model)
         )
 
     import onnx2tf.onnx2tf as o2t
 
     o2t.download_test_image_data = _offline_sample_images  # never fetch sample data
-    probe = _probe_inputs(req.get("probe_npz"), model, inputs)
+    probe = _probe_inputs(req.get("probe_npz"), model, inputs, bool(req.get("batchable")))
     # onnx2tf's strict mode (its default) fits transposes to a batch-1 dummy inference and can bake
     # that batch into reshapes (Flatten -> [1, -1]): the SavedModel then declares batch None but
     # fails on batch 2. Non-strict keeps the batch dynamic on such models. Try non-strict first and
@@ -295,7 +351,7 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
             break
     if not (saved / "saved_model.pb").exists() and last_exc is not None:
         raise last_exc
-    if report and not report["ok"] and report.get("batch", 1) > 1:
+    if report and not report["ok"] and req.get("batchable") and report.get("batch", 1) > 1:
         # Neither mode handles batch 2: accept a correct batch-1 model and say so.
         one = _probe(saved, model, {k: v[:1] for k, v in probe.items()}, moved)
         if one["ok"]:

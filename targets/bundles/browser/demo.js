@@ -1,6 +1,6 @@
 // The demo page's logic: pick a bundled sample (or a random input), run it, show outputs + latency.
 // window.edgekitDemo exposes the same actions to automated tests (tests/targets/test_browser_bundle.py).
-import { MODEL, load, predict, info } from './edgekit-model.js';
+import { MODEL, load, predict, info, compareOutputs } from './edgekit-model.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -116,13 +116,10 @@ async function runCurrent() {
   showOutputs(out);
   $('latency').textContent = `latency: first ${first.toFixed(2)} ms, mean of 20 ${mean.toFixed(2)} ms (${info().runtime} ${info().backend})`;
   if (current.expected) {
-    let worst = 0;
-    for (const [name, exp] of Object.entries(current.expected)) {
-      const got = out[name].data;
-      exp.forEach((v, i) => (worst = Math.max(worst, Math.abs(got[i] - v))));
-    }
-    const ok = worst <= sample.tolerance_max_abs;
-    $('check').innerHTML = `vs onnxruntime fp32: max abs diff ${worst.toExponential(2)} <span class="${ok ? 'ok' : 'bad'}">${ok ? '✓ within' : '✗ exceeds'} ${sample.tolerance_max_abs}</span>`;
+    const exp = Object.fromEntries(Object.entries(current.expected).map(([k, v]) => [k, { data: v }]));
+    const cmp = compareOutputs(out, exp, sample.tolerance);
+    const tol = `max abs <= ${sample.tolerance.atol} or cosine >= ${sample.tolerance.min_cosine}`;
+    $('check').innerHTML = `vs onnxruntime fp32: max abs diff ${cmp.maxAbsDiff.toExponential(2)}, cosine ${cmp.cosine.toFixed(6)} <span class="${cmp.ok ? 'ok' : 'bad'}">${cmp.ok ? '✓ within' : '✗ outside'} (${tol})</span>`;
   } else {
     $('check').textContent = 'no reference for a random input';
   }

@@ -151,18 +151,32 @@ async function fetchSample() {
   return r.json();
 }
 
-function maxAbsDiff(out, expected) {
-  let worst = 0;
+// The smoke rule of edgekit's one tolerance table: an output passes when its max abs difference is
+// within atol or its cosine with the reference is at least min_cosine (quantized outputs are off by a
+// uniform scale, near-zero ones make cosine meaningless). Returns the worst output.
+export function compareOutputs(out, expected, tol) {
+  let worstAbs = 0;
+  let worstCos = 1;
+  let ok = true;
   for (const [name, exp] of Object.entries(expected)) {
     const got = out[name].data;
-    for (let i = 0; i < exp.data.length; i++) worst = Math.max(worst, Math.abs(Number(got[i]) - exp.data[i]));
+    let abs = 0, dot = 0, na = 0, nb = 0;
+    for (let i = 0; i < exp.data.length; i++) {
+      const a = Number(got[i]), b = exp.data[i];
+      abs = Math.max(abs, Math.abs(a - b));
+      dot += a * b; na += a * a; nb += b * b;
+    }
+    const cos = na > 0 && nb > 0 ? dot / Math.sqrt(na * nb) : (na === nb ? 1 : 0);
+    worstAbs = Math.max(worstAbs, abs);
+    worstCos = Math.min(worstCos, cos);
+    if (!(abs <= tol.atol || cos >= tol.min_cosine)) ok = false;
   }
-  return worst;
+  return { ok, maxAbsDiff: worstAbs, cosine: worstCos };
 }
 
 /**
  * Load the runtime and the model. Options: {backends: ['wasm', 'webgl', 'cpu'], verify: true}.
- * Returns {runtime, backend, version, loadMs, attempts: [{backend, ok, error?, maxAbsDiff?}]}.
+ * Returns {runtime, backend, version, loadMs, attempts: [{backend, ok, error?, maxAbsDiff?, cosine?}]}.
  */
 export async function load(options = {}) {
   if (state) return state.info;
@@ -178,11 +192,14 @@ export async function load(options = {}) {
       if (sample && sample.expected) {
         const feeds = {};
         for (const spec of MODEL.inputs) feeds[spec.name] = toFeed(spec, sample.inputs[spec.name]);
-        const diff = maxAbsDiff(await handle.run(feeds), sample.expected);
-        if (!(diff <= sample.tolerance_max_abs)) {
-          throw new Error(`outputs differ from the reference by ${diff} (tolerance ${sample.tolerance_max_abs})`);
+        const cmp = compareOutputs(await handle.run(feeds), sample.expected, sample.tolerance);
+        if (!cmp.ok) {
+          throw new Error(
+            `outputs differ from the reference: max abs ${cmp.maxAbsDiff}, cosine ${cmp.cosine} ` +
+              `(tolerance: max abs <= ${sample.tolerance.atol} or cosine >= ${sample.tolerance.min_cosine})`,
+          );
         }
-        attempts.push({ backend: handle.backend, ok: true, maxAbsDiff: diff });
+        attempts.push({ backend: handle.backend, ok: true, maxAbsDiff: cmp.maxAbsDiff, cosine: cmp.cosine });
       } else {
         attempts.push({ backend: handle.backend, ok: true });
       }
