@@ -14,21 +14,20 @@ from pathlib import Path
 
 import onnx
 
-from converters.passes import DEFAULT_PASSES, run_passes
+from converters.passes import run_passes
 from converters.passes.opset import downgrade_opset, expand_new_ops
+from edgekit.formats import TARGETS
 
-__all__ = ["MAX_OPSET", "downgrade_opset", "legalize"]
-
-# Highest default-domain opset each backend's converter handles (onnx2tf 1.29, onnx2torch 1.5).
-MAX_OPSET = {"onnx": None, "tflite": 20, "tfjs": 20, "coreml": 17}
+__all__ = ["downgrade_opset", "legalize"]
 
 
 def legalize(src: Path, dest: Path, target: str) -> list[str]:
     """Write a legalized copy for `target`; return the passes that changed something."""
     model = onnx.load(str(src))
-    limit = MAX_OPSET.get(target)
+    row = TARGETS[target]  # the target's highest opset and its passes (edgekit/formats.py)
+    limit = row.max_opset
     applied = expand_new_ops(model, limit)
-    applied += run_passes(model, target, DEFAULT_PASSES.get(target, ()))
+    applied += run_passes(model, target, row.passes)
     applied += downgrade_opset(model, limit)
     onnx.save(model, str(dest))
     return applied

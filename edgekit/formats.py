@@ -65,11 +65,70 @@ class Target:
     shapes: str  # "dynamic": keeps dynamic dims; "static": pins all but the batch axis;
     # "ranges": keeps LO..HI ranges flexible, pins the rest (see converters/shapes.py)
     modes: Mapping[str, Precision]
+    passes: tuple[str, ...] = ()  # ONNX legalization passes run before its backend, in order
     companions: Mapping[str, str] = field(default_factory=dict)  # suffix -> format of the same model
 
 
 def _modes(**kw: Precision) -> Mapping[str, Precision]:
     return MappingProxyType(kw)
+
+
+# Legalization passes per target, in order (converters/passes registers them by name). Chosen by
+# measurement: each decomposition or expansion listed turned a failing ONNX node test into a
+# matching conversion through that target's real toolchain (`make coverage` re-measures).
+# Composite ops come before the ops their bodies use (SoftmaxCrossEntropyLoss's body calls
+# NegativeLogLikelihoodLoss; many bodies use CastLike), and fold-constants comes last, to fold the
+# Constant/CastLike prologues of expanded bodies and what pin-input-shapes made static.
+_PASSES_TAIL = ("explicit-pads", "fold-constants")
+_PASSES_TF = (
+    "inline-local-functions",
+    "sanitize-node-names",
+    # measured on ONNX's node tests through onnx2tf 1.29.24 + LiteRT: Flex-only (LiteRT cannot
+    # run them) or wrong before, matched after
+    "decompose-Acos",
+    "decompose-Asin",
+    "decompose-Acosh",
+    "decompose-Asinh",
+    "decompose-Atanh",
+    "expand-DepthToSpace",
+    "expand-SpaceToDepth",
+    "expand-CastLike",  # onnx2tf has no CastLike converter
+    *_PASSES_TAIL,
+)
+_PASSES: dict[str, tuple[str, ...]] = {
+    "onnx": ("inline-local-functions",),
+    "tflite": _PASSES_TF,
+    "tfjs": _PASSES_TF,
+    "coreml": (
+        "inline-local-functions",
+        # measured on ONNX's node tests through onnx2torch 1.5 + coremltools 9 (no converter before)
+        "expand-SoftmaxCrossEntropyLoss",
+        "expand-NegativeLogLikelihoodLoss",
+        "expand-SwiGLU",
+        "expand-Swish",
+        "expand-Mish",
+        "expand-Celu",
+        "expand-GroupNormalization",
+        "expand-MeanVarianceNormalization",
+        "expand-RMSNormalization",
+        "expand-ReduceL1",
+        "expand-ReduceL2",
+        "expand-ReduceLogSumExp",
+        "expand-ReduceSumSquare",
+        "expand-CastLike",
+        "decompose-Atanh",
+        # these need Greater/Less, which the coreml worker maps to torch.gt/torch.lt (coremltools
+        # has no aten::greater/less)
+        "decompose-Acosh",
+        "decompose-Asinh",
+        "decompose-Cosh",
+        "decompose-Sinh",
+        "globalmaxpool-to-reducemax",
+        "sum-to-add",  # e.g. in Gelu's body
+        "clip-dynamic-bounds",  # onnx2torch: "Dynamic value of min/max is not implemented"
+        *_PASSES_TAIL,
+    ),
+}
 
 
 MODES = ("none", "fp16", "int8-dynamic", "int8")
@@ -80,6 +139,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
     {
         "onnx": Target(
             name="onnx",
+            passes=_PASSES["onnx"],
             description="ONNX (+ ORT format), for onnxruntime on PCs, ARM boxes, mobile and web",
             backend="converters.backends.onnx:OnnxBackend",
             runtime="onnxruntime",
@@ -115,6 +175,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
         ),
         "tflite": Target(
             name="tflite",
+            passes=_PASSES["tflite"],
             description="TFLite / LiteRT flatbuffer via onnx2tf, for Android, ARM Linux, MCUs",
             backend="converters.backends.tflite:TFLiteBackend",
             runtime="litert",
@@ -149,6 +210,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
         ),
         "tfjs": Target(
             name="tfjs",
+            passes=_PASSES["tfjs"],
             description="TF.js graph model (model.json + sharded weights) for browsers and Node",
             backend="converters.backends.tfjs:TfjsBackend",
             runtime="tfjs-node",
@@ -176,6 +238,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
         ),
         "coreml": Target(
             name="coreml",
+            passes=_PASSES["coreml"],
             description="Core ML mlprogram (.mlpackage, iOS 16+) via onnx2torch + coremltools",
             backend="converters.backends.coreml:CoreMLBackend",
             runtime="coreml-spec",

@@ -88,6 +88,25 @@ for _desc in [d for d in o2t_registry._CONVERTER_REGISTRY if d.operation_type in
     del o2t_registry._CONVERTER_REGISTRY[_desc]
 
 
+def _patch_comparisons() -> None:
+    """onnx2torch traces Less/Greater as aten::less/greater, which coremltools cannot convert; the
+    aten::lt/gt spellings it can. LessOrEqual/GreaterOrEqual-16 differ from -12 only in types."""
+    import onnx2torch.node_converters.comparisons as cmp
+
+    cmp._TORCH_FUNCTION_FROM_ONNX_TYPE.update(
+        Less=torch.lt, LessOrEqual=torch.le, Greater=torch.gt, GreaterOrEqual=torch.ge
+    )
+    convert = o2t_registry.get_converter(operation_type="Less", version=13, domain="")
+    for op in ("LessOrEqual", "GreaterOrEqual"):
+        try:
+            o2t_registry.get_converter(operation_type=op, version=16, domain="")
+        except NotImplementedError:
+            o2t_registry.add_converter(operation_type=op, version=16)(convert)
+
+
+_patch_comparisons()
+
+
 # ---------------------------------------------------------------------------- ONNX -> torch
 
 

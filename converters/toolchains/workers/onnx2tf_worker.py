@@ -250,7 +250,9 @@ def _probe(saved: Path, model: Any, feeds: dict[str, Any], moved: list[str]) -> 
             perms[name] = perm
         if y.shape != r.shape:
             return {"ok": False, "error": f"output {name}: shape {list(y.shape)} vs onnx {list(r.shape)}"}
-        worst = max(worst, float(np.max(np.abs(y - r)) / (1.0 + np.max(np.abs(r)))))
+        y, r = np.asarray(y, np.float64), np.asarray(r, np.float64)  # bool outputs cannot subtract
+        if y.size:
+            worst = max(worst, float(np.max(np.abs(y - r)) / (1.0 + np.max(np.abs(r)))))
     batch = int(ref[0].shape[0]) if ref[0].ndim else 1
     return {"ok": worst < 1e-3, "batch": batch, "rel_err": worst, "output_perms": perms}
 

@@ -11,9 +11,12 @@ import pytest
 from onnx import helper
 
 from converters.legalize import legalize
-from converters.passes import DEFAULT_PASSES, REGISTRY, Pass, run_passes
+from converters.passes import REGISTRY, Pass, run_passes
 from converters.passes.registry import add
+from edgekit.formats import TARGETS
 from tests.converters.passes.helpers import model, op_types, run, tensor
+
+DEFAULT_PASSES = {t: row.passes for t, row in TARGETS.items()}  # the target table's pass lists
 
 
 @pytest.mark.parametrize("target", sorted(DEFAULT_PASSES))
