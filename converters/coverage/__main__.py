@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import platform
 import shutil
 import subprocess
@@ -52,11 +53,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="one toolchain process per conversion, as `edgekit convert` does (slower; for comparison)",
     )
+    p.add_argument(
+        "--without-passes",
+        default="",
+        help="comma-separated legalization passes to leave out ('all': every one), to measure their gain",
+    )
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite coverage.md from the coverage.json in --out, without running any case",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        data = json.loads((args.out / "coverage.json").read_text())
+        render.write_markdown(render.Matrix.from_json(data), args.out / "coverage.md")
+        return 0
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
@@ -83,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             "selected_cases": len(selected),
         },
     )
-    runner = CaseRunner(args.timeout, persistent=not args.fresh_workers)
+    dropped = [p.strip() for p in args.without_passes.split(",") if p.strip()]
+    matrix.meta["without_passes"] = dropped
+    runner = CaseRunner(args.timeout, persistent=not args.fresh_workers, without_passes=dropped)
     t_start = time.perf_counter()
     try:
         for i, case in enumerate(selected, 1):

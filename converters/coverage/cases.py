@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 # Element types no edge target has; a case that names one tests the type, not the op.
 EXCLUDED_NAME = re.compile(r"string|bfloat16|float8|int4|uint4|float4", re.IGNORECASE)
@@ -110,9 +110,17 @@ def _case(domain: str, op: str, test) -> Case:
         domain=domain,
         name=test.name,
         model=test.model,
-        inputs={vi.name: np.asarray(x) for vi, x in zip(graph.input, inputs, strict=True)},
-        expected={vi.name: np.asarray(y) for vi, y in zip(graph.output, outputs, strict=True)},
+        inputs={vi.name: _array(x, test.name) for vi, x in zip(graph.input, inputs, strict=True)},
+        expected={vi.name: _array(y, test.name) for vi, y in zip(graph.output, outputs, strict=True)},
     )
+
+
+def _array(value, case_name: str) -> np.ndarray:
+    """Some generators store data as TensorProto (e.g. casts from double)."""
+    arr = numpy_helper.to_array(value) if isinstance(value, TensorProto) else np.asarray(value)
+    if arr.dtype == object:
+        raise ValueError(f"{case_name}: data of type {type(value).__name__} is not a numeric tensor")
+    return arr
 
 
 def write(case: Case, folder: Path) -> Path:
@@ -128,6 +136,12 @@ def write(case: Case, folder: Path) -> Path:
     meta = {"op": case.op, "domain": case.domain, "key": case.key, "name": case.name}
     (folder / META_FILE).write_text(json.dumps(meta))
     return folder
+
+
+def eval_data(folder: Path) -> Path | None:
+    """The eval file for convert(), or None for a model without inputs (nothing to feed)."""
+    with np.load(folder / EVAL_FILE) as npz:
+        return folder / EVAL_FILE if npz.files else None
 
 
 def load_expected(folder: Path) -> dict[str, np.ndarray]:

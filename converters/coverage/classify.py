@@ -24,6 +24,8 @@ RTOL, ATOL = 1e-3, 1e-4
 REFUSAL_KINDS = {
     "unsupported_op",
     "needs_shapes",
+    "invalid_model",
+    "data",
     "unsupported_mode",
     "unsupported_dtype",
     "unsupported_type",
@@ -123,7 +125,7 @@ def from_exception(exc: BaseException) -> Outcome:
 
     detail = str(exc)
     if isinstance(exc, EdgekitError):
-        kind = _kind_from_message(detail, default=type(exc).__name__)
+        kind = _kind_of_exception(exc)
         status = REFUSED if exc.exit_code == 2 else FAILED
         return Outcome(status, kind, reason_line(kind, detail), detail)
     kind = "traceback"
@@ -135,14 +137,33 @@ def from_runner_failure(kind: str, detail: str) -> Outcome:
     return Outcome(FAILED, kind, reason_line(kind, detail), detail)
 
 
+# edgekit error classes (or their bases) -> the kind the matrix reports; by name, so a class
+# added later (a subclass) maps through its base.
+_KIND_BY_CLASS = {
+    "NeedsShapesError": "needs_shapes",
+    "UnsupportedOperatorError": "unsupported_op",
+    "WorkerTimeoutError": "timeout",
+    "ToolchainMissingError": "toolchain_missing",
+    "InvalidModelError": "invalid_model",
+    "DataError": "data",
+}
+
+
+def _kind_of_exception(exc: BaseException) -> str:
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _KIND_BY_CLASS:
+            return _KIND_BY_CLASS[cls.__name__]
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type(exc).__name__).lower()
+    return _kind_from_message(str(exc), default=snake)
+
+
 def _kind_from_message(message: str, default: str = "backend_crash") -> str:
+    """For errors that carry no kind: the two a message states unambiguously, else `default`."""
     low = message.lower()
     if "unsupported operator" in low:
         return "unsupported_op"
     if "timed out" in low:
         return "timeout"
-    if "--input-shape" in message:
-        return "needs_shapes"
     return default
 
 

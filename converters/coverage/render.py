@@ -58,6 +58,21 @@ class Matrix:
                 groups[(o.status, reason_group(o))].append(r["key"])
         return sorted(((s, g, ops) for (s, g), ops in groups.items()), key=lambda x: (-len(x[2]), x[1]))
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Matrix:
+        """Back from coverage.json (to re-render the markdown without re-running the cases)."""
+        skip = {"targets", "totals", "versions", "ok_but_wrong", "cases"}
+        m = cls(list(data["targets"]), meta={k: v for k, v in data.items() if k not in skip})
+        for c in data["cases"]:
+            meta = {k: v for k, v in c.items() if k != "results"}
+            for t, o in c["results"].items():
+                m.add(meta, t, Outcome(**o))
+        for t, v in (data.get("versions") or {}).items():  # kept once in the header, not per case
+            first = next((r["results"][t] for r in m.rows if t in r["results"]), None)
+            if first is not None:
+                first.versions = dict(v)
+        return m
+
     def to_json(self) -> dict[str, Any]:
         return {
             **self.meta,
@@ -129,6 +144,11 @@ def to_markdown(matrix: Matrix) -> str:
         f"- Per case and target time limit: {m.get('timeout')} s. Run time: {m.get('run_seconds', 0) / 60:.1f} min "
         f"on {m.get('host', 'this machine')}. Generated {m.get('generated_at', '?')} at commit "
         f"{m.get('commit', '?')}.",
+        *(
+            [f"- **Measured without the legalization passes {', '.join(m['without_passes'])}.**"]
+            if m.get("without_passes")
+            else []
+        ),
         "",
         "Legend: ✅ matched · ❌ mismatch (ran, outputs differ) · ⛔ refused (edgekit declined, with the "
         "reason) · 💥 failed (crash, timeout, validation error).",

@@ -17,7 +17,9 @@ import contextlib
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from converters.coverage import cases, classify
@@ -37,15 +39,15 @@ def run_case(case_dir: Path, target: str, out: Path, timeout: float | None = Non
     """One case through edgekit's pipeline for one target at fp32, classified."""
     from converters.pipeline import convert
 
-    expected = cases.load_expected(case_dir)
     t0 = time.perf_counter()
     try:
+        expected = cases.load_expected(case_dir)
         with manager.time_limit(timeout):
             report = convert(
                 case_dir / cases.MODEL_FILE,
                 targets=[target],
                 modes=["none"],
-                eval_data=case_dir / cases.EVAL_FILE,
+                eval_data=cases.eval_data(case_dir),
                 out=out,
             )
         rows = [r for r in report.artifacts if r.target == target]
@@ -76,10 +78,29 @@ def _keep_workers(max_requests: int | None, one_shot: list[str]) -> None:
         atexit.register(_pool_stack.close)
 
 
+def without_passes(names: list[str]) -> None:
+    """Measurement knob (this process only): legalize without these passes ("all": every one).
+
+    Measures what passes gain: the same matrix with and without them. The pipeline reads each
+    target's passes from the target table through converters.legalize.
+    """
+    import converters.legalize as legalize
+
+    drop = set(names)
+    legalize.TARGETS = MappingProxyType(
+        {
+            t: replace(row, passes=tuple(p for p in row.passes if "all" not in drop and p not in drop))
+            for t, row in legalize.TARGETS.items()
+        }
+    )
+
+
 def handle(request: dict[str, Any]) -> dict[str, Any]:
     """The child's request handler: {"case_dir", "target", "out", "timeout", "persistent", ...}."""
     if request.get("persistent", True):
         _keep_workers(request.get("max_requests"), request.get("one_shot", []))
+    if request.get("without_passes"):
+        without_passes(request["without_passes"])
     outcome = run_case(Path(request["case_dir"]), request["target"], Path(request["out"]), request["timeout"])
     return {"outcome": outcome.to_dict()}
 
@@ -90,10 +111,17 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
 class CaseRunner:
     """Sends (case, target) pairs to a child interpreter; a dead or stuck child is replaced."""
 
-    def __init__(self, timeout: float, persistent: bool = True, max_requests: int | None = 100):
+    def __init__(
+        self,
+        timeout: float,
+        persistent: bool = True,
+        max_requests: int | None = 100,
+        without_passes: list[str] | None = None,
+    ):
         self.timeout = timeout
         self.persistent = persistent
         self.max_requests = max_requests
+        self.without_passes = list(without_passes or [])
         self.child = manager.PersistentWorker(sys.executable, SERVE_SCRIPT)
 
     def run(self, case_dir: Path, target: str, out: Path) -> Outcome:
@@ -105,6 +133,7 @@ class CaseRunner:
             "persistent": self.persistent,
             "max_requests": self.max_requests,
             "one_shot": list(NOT_REENTRANT),
+            "without_passes": self.without_passes,
         }
         t0 = time.perf_counter()
         try:

@@ -22,7 +22,7 @@ from converters.coverage import cases, classify
 from converters.report import ArtifactReport
 from converters.toolchains import manager
 from converters.toolchains.manager import WORKERS, PersistentWorker, WorkerTimeoutError
-from edgekit.errors import BackendError, DataError
+from edgekit.errors import BackendError, DataError, UnsupportedOperatorError
 
 # ---------------------------------------------------------------------------------- selection
 
@@ -139,8 +139,10 @@ def test_classification_of_rows():
 
 
 def test_classification_of_exceptions():
-    o = classify.from_exception(DataError("input 'x' is dynamic: pass --input-shape x:1,3"))
-    assert (o.status, o.kind) == (classify.REFUSED, "needs_shapes")
+    o = classify.from_exception(UnsupportedOperatorError("Erf", "n0", "tflite", "no converter"))
+    assert (o.status, o.kind, o.reason) == (classify.REFUSED, "unsupported_op", "unsupported op Erf")
+    o = classify.from_exception(DataError("eval.npz: input 'x' has shape [2], the model takes [3]"))
+    assert (o.status, o.kind) == (classify.REFUSED, "data")
     o = classify.from_exception(ValueError("zero-dimensional arrays cannot be concatenated"))
     assert (o.status, o.kind) == (classify.FAILED, "traceback")
 
