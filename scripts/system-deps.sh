@@ -5,6 +5,11 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver)
+# QEMU user mode runs ONNX Runtime as an AVX2-without-VNNI CPU (tests/converters/test_int8_cpu_classes.py).
+if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64-static >/dev/null 2>&1 \
+  && ! command -v qemu-x86_64 >/dev/null 2>&1; then
+  need+=(qemu-user-static)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
