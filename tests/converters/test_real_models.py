@@ -13,7 +13,6 @@ Re-run and print the table: `.venv/bin/pytest tests/converters/test_real_models.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -44,8 +43,6 @@ LABELLED = {"encoder", "static4"}
 # Held-out quality that shows training worked (so int8 parity is judged on structured weights).
 MIN_QUALITY = {"crnn": 0.9, "encoder": 0.75, "stepper": 0.9, "static4": 0.95, "detector": 0.5}
 
-log = logging.getLogger(__name__)
-
 
 class _Lazy:
     """Builds (and converts) each model on first use, once per session."""
@@ -55,6 +52,7 @@ class _Lazy:
         self.models: dict[str, rm.RealModel] = {}
         self.reports: dict[str, object] = {}
         self.seconds: dict[str, float] = {}
+        self.errors: dict[str, Exception] = {}  # a convert() that raised: re-raised, not re-run
 
     def model(self, name: str) -> rm.RealModel:
         if name not in self.models:
@@ -62,20 +60,26 @@ class _Lazy:
         return self.models[name]
 
     def report(self, name: str):
+        if name in self.errors:
+            raise self.errors[name]
         if name not in self.reports:
             from converters.pipeline import convert
 
             m = self.model(name)
             t0 = time.perf_counter()
-            self.reports[name] = convert(
-                str(m.onnx),
-                pairs=PAIRS,
-                out=self.root / name / "out",
-                calibration=m.calib,
-                eval_data=m.eval,
-                input_shapes=m.input_shapes,
-                max_drop=MAX_DROP_PT if name in LABELLED else None,
-            )
+            try:
+                self.reports[name] = convert(
+                    str(m.onnx),
+                    pairs=PAIRS,
+                    out=self.root / name / "out",
+                    calibration=m.calib,
+                    eval_data=m.eval,
+                    input_shapes=m.input_shapes,
+                    max_drop=MAX_DROP_PT if name in LABELLED else None,
+                )
+            except Exception as e:  # convert must answer with rows, not raise: one failure, reported
+                self.errors[name] = e
+                raise
             self.seconds[name] = round(time.perf_counter() - t0, 1)
             print_report(name, self.reports[name], self.seconds[name])
         return self.reports[name]
@@ -84,11 +88,13 @@ class _Lazy:
 @pytest.fixture(scope="session")
 def real(tmp_path_factory):
     """The session's models and conversions. One live process per toolchain worker serves all five
-    conversions (the TensorFlow / torch imports are paid once, as the conformance matrix does)."""
+    conversions (the TensorFlow / torch imports are paid once), except the workers the conformance
+    matrix also keeps one-shot (tensorflowjs's import stubs do not survive a second call)."""
+    from converters.coverage.runner import NOT_REENTRANT
     from converters.toolchains.manager import persistent_workers
 
     lazy = _Lazy(tmp_path_factory.mktemp("real-models"))
-    with persistent_workers():
+    with persistent_workers(one_shot=NOT_REENTRANT):
         yield lazy
     if lazy.reports:
         print_summary(lazy)
