@@ -57,7 +57,7 @@ def test_emulated_class_runs_the_saturating_avx2_kernel(tmp_path):
         assert (host.outputs[0]["y"] == 255 * 127 * K).all()
 
 
-def _int8_weights_within(model_path, bound: int) -> list[str]:
+def _int8_weights_beyond(model_path, bound: int) -> list[str]:
     """Names of int8 weight initializers with values beyond +-bound."""
     m = onnx.load(str(model_path))
     return [
@@ -102,4 +102,4 @@ def test_int8_static_same_accuracy_on_every_cpu_class(model, max_drop, request, 
         # differently across instruction sets, hence a small tolerance (old setting: 3.3-4.8 apart).
         np.testing.assert_allclose(int8["logits"], runs["host"].outputs[1]["logits"], rtol=0, atol=1e-4)
     # The reason it is exact everywhere, AVX-512 without VNNI included (which QEMU cannot emulate).
-    assert _int8_weights_within(int8_path, 64) == []
+    assert _int8_weights_beyond(int8_path, 64) == []
