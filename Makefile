@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages the tests drive for real: Mosquitto (broker), Chromium (browser bundle), Node (TF.js).
+# Debian packages the tests drive for real: Mosquitto (broker), Chromium (browser bundle), Node (TF.js), QEMU (x86 CPU classes for int8).
 system-deps:
 	bash scripts/system-deps.sh
 

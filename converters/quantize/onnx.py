@@ -7,6 +7,7 @@ calibration is both the smallest and the fastest on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -81,7 +82,10 @@ def to_int8_static(src: Path, dest: Path, calibration: Dataset, settings: Int8St
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            # ORT's symbolic shape inference drops a debug model (sym_shape_infer_temp.onnx + .data)
+            # into the working directory when it gives up: keep it in our temp dir
+            with contextlib.chdir(tmp):
+                quant_pre_process(str(Path(src).resolve()), str(pre), skip_symbolic_shape=False)
         except Exception as e:  # pre-processing is an optimisation, not a requirement
             log.warning("quant_pre_process failed (%s); quantizing the model as is", e)
             pre = src

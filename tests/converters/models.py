@@ -127,6 +127,19 @@ def train(kind: str = "cnn", epochs: int = 15, seed: int = 0, size: int = 8):
     import torch
 
     torch.manual_seed(seed)
+    # The thread count changes reduction order, hence the trained weights: pin it so every machine
+    # (any core count) trains the same model and int8 bounds mean the same thing everywhere.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return _train(kind, epochs, seed, size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(kind: str, epochs: int, seed: int, size: int):
+    import torch
+
     x_tr, x_te, y_tr, y_te = digits_data(seed, size)
     DigitsCNN, MobileNetish, MobileNetV2 = _nets()
     model = {"cnn": DigitsCNN, "mobilenetish": MobileNetish, "mobilenetv2": MobileNetV2}[kind]()
