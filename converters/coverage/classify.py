@@ -191,14 +191,20 @@ _VOLATILE = [
 ]
 
 
+_UNSUPPORTED_HOW = re.compile(r"unsupported operator \S+ \(node .*?\): ([^:;(]+)")
+_NO_KERNEL = re.compile(r"NOT_IMPLEMENTED : Could not find an implementation for \S+")
+
+
 def reason_group(outcome: Outcome) -> str:
-    """Outcomes that fail the same way share a group (node names, numbers and paths masked)."""
+    """Outcomes that fail the same way share a group (op and node names, numbers and paths masked)."""
     if outcome.status == MATCHED:
         return ""
     if outcome.kind == "unsupported_op":
-        return "unsupported op"
+        how = _UNSUPPORTED_HOW.search(outcome.detail or "")
+        return f"unsupported op: {how.group(1).strip()}" if how else "unsupported op"
     text = _short(outcome.detail or outcome.reason, 400)
     text = re.sub(r"^(onnx|tflite|tfjs|coreml): ", "", text)
+    text = _NO_KERNEL.sub("onnxruntime has no kernel for the op", text)
     for pattern, repl in _VOLATILE:
         text = pattern.sub(repl, text)
     return f"{outcome.kind}: {text[:110]}"

@@ -179,7 +179,7 @@ def to_markdown(matrix: Matrix) -> str:
             continue
         lines += ["| cases | status | reason | ops |", "|---:|---|---|---|"]
         for status, group, ops in reasons[:TOP_REASONS]:
-            shown = ", ".join(ops[:12]) + (f", … (+{len(ops) - 12})" if len(ops) > 12 else "")
+            shown = ", ".join(ops)
             lines.append(f"| {len(ops)} | {status} | {group.replace('|', '/')} | {shown} |")
         rest = reasons[TOP_REASONS:]
         if rest:
