@@ -154,6 +154,19 @@ def test_nan_and_integer_outputs_compare_exactly():
     assert not ok and "not allclose" in why
 
 
+def test_without_passes_leaves_out_only_those(monkeypatch):
+    import converters.legalize as legalize
+    from converters.coverage.runner import without_passes
+
+    monkeypatch.setattr(legalize, "TARGETS", legalize.TARGETS)  # restored after the test
+    full = legalize.TARGETS["tflite"].passes
+    assert "fold-constants" in full and "explicit-pads" in full
+    without_passes(["fold-constants"])
+    assert legalize.TARGETS["tflite"].passes == tuple(p for p in full if p != "fold-constants")
+    without_passes(["all"])
+    assert all(not row.passes for row in legalize.TARGETS.values())
+
+
 # ---------------------------------------------------------------------------------- persistent workers
 
 ECHO_WORKER = textwrap.dedent(
