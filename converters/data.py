@@ -44,7 +44,7 @@ class Dataset:
 
     def feed(self, i: int) -> dict[str, np.ndarray]:
         """Sample i as one run's feeds."""
-        return {k: v[i] for k, v in self.inputs.items()}
+        return {k: np.asarray(v[i]) for k, v in self.inputs.items()}  # 0-d inputs stay arrays
 
     def save(self, path: Path) -> Path:
         """The stacked form (what toolchain workers read); `__count__` keeps input-less models."""

@@ -81,6 +81,18 @@ def has_batch_axis(spec: TensorSpec) -> bool:
     return bool(spec.shape) and is_dynamic(spec.shape[0])
 
 
+RECURRENT_OPS = {"LSTM", "GRU", "RNN", "Loop", "Scan"}
+
+
+def recurrent(model_path: Path) -> bool:
+    """Loops over a sequence: converters that need static shapes need every dim of them, batch too
+    (onnx2tf emits Flex TensorList ops for a dynamic batch, which LiteRT cannot run)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return any(n.op_type in RECURRENT_OPS for n in graph.node)
+
+
 def batchable(card: ModelCard) -> bool:
     """Samples may be concatenated along axis 0: every input and output has the same dynamic
     leading dim (a sequence-first output, e.g. a CRNN's [T, N, C], makes the model not batchable)."""
@@ -102,11 +114,13 @@ class InputShape:
     ranges: dict[int, Range] = field(default_factory=dict)  # axis -> (lo, hi) from the flag
     pinned_by_flag: set[int] = field(default_factory=set)
 
-    def for_target(self, static: bool) -> list:
+    def for_target(self, static: bool, keep_batch: bool = True) -> list:
         """Dims to give a target: ints where pinned, None where it stays dynamic, [lo, hi] ranges.
 
         static=True (onnx2tf): every dynamic dim is pinned except a batch axis the user left open.
         static=False (Core ML): like static, but ranges stay ranges.
+        keep_batch=False pins the leading dim too: a leading dim that is not a batch axis (a
+        sequence, a model that is not batchable) or one a recurrent graph needs static.
         """
         out: list = []
         for i, d in enumerate(self.declared):
@@ -114,7 +128,7 @@ class InputShape:
                 out.append(d)
             elif i in self.ranges and not static:
                 out.append(list(self.ranges[i]))
-            elif i == 0 and i not in self.pinned_by_flag and i not in self.ranges:
+            elif i == 0 and keep_batch and i not in self.pinned_by_flag and i not in self.ranges:
                 out.append(None)  # the model's batch axis stays dynamic
             else:
                 out.append(self.run[i])
@@ -125,14 +139,14 @@ class InputShape:
 class ShapePlan:
     inputs: dict[str, InputShape]
 
-    def for_target(self, static: bool) -> dict[str, list]:
-        return {n: s.for_target(static) for n, s in self.inputs.items()}
+    def for_target(self, static: bool, keep_batch: bool = True) -> dict[str, list]:
+        return {n: s.for_target(static, keep_batch) for n, s in self.inputs.items()}
 
-    def needs_pinning(self, static: bool) -> bool:
+    def needs_pinning(self, static: bool, keep_batch: bool = True) -> bool:
         return any(
             is_dynamic(dec) and isinstance(t, int)
             for s in self.inputs.values()
-            for dec, t in zip(s.declared, s.for_target(static), strict=True)
+            for dec, t in zip(s.declared, s.for_target(static, keep_batch), strict=True)
         )
 
     def run_shapes(self) -> dict[str, list[int]]:
@@ -208,11 +222,7 @@ def plan_shapes(
 
 
 def pin_onnx(src: Path, dest: Path, dims: Mapping[str, list]) -> None:
-    """Write `src` with its inputs' dynamic dims set (None stays dynamic, [lo, hi] stays dynamic).
-
-    onnxslim folds what the pinned dims make constant (Shape -> Gather -> Concat chains), which
-    backends like onnx2tf need; plain shape inference is the fallback when it fails.
-    """
+    """Write `src` with its inputs' dynamic dims set (None stays dynamic, [lo, hi] stays dynamic)."""
     import onnx
 
     model = onnx.load(str(src))
@@ -224,26 +234,13 @@ def pin_onnx(src: Path, dest: Path, dims: Mapping[str, list]) -> None:
             if isinstance(w, int):
                 d.ClearField("dim_param")
                 d.dim_value = w
-    # stale intermediate shapes would contradict the pinned inputs
+    # stale intermediate shapes would contradict the pinned inputs; the target's fold-constants
+    # pass then folds what the pinned dims made constant (Shape -> Gather -> Concat chains).
+    # onnxslim is not used here: it rewrote a BERT encoder's MatMul+Add into Reshape-Gemm-Reshape,
+    # which onnx2tf then converted wrongly.
     del model.graph.value_info[:]
-    try:
-        import onnxslim
-
-        slim = onnxslim.slim(model)
-        if slim is not None and len(slim.graph.node) > 0:
-            model = slim
-    except Exception:  # onnxslim raises many kinds on exotic graphs; inference below still helps
-        pass
     model = onnx.shape_inference.infer_shapes(model)
     onnx.save(model, str(dest))
-
-
-def describe(dims: list) -> str:
-    return (
-        "["
-        + ", ".join("?" if d is None else f"{d[0]}..{d[1]}" if isinstance(d, list) else str(d) for d in dims)
-        + "]"
-    )
 
 
 def sample_shapes(inputs: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:

@@ -46,7 +46,8 @@ def run_samples(
                 y = np.asarray(y)
                 chunks.setdefault(k, []).append(y.reshape(m, y.shape[0] // m, *y.shape[1:]))
         return {k: np.concatenate(v) for k, v in chunks.items()}
-    return _stack([runtime.run({k: v[i] for k, v in inputs.items()}) for i in range(n)])
+    # np.asarray: a 0-d input's sample is a numpy scalar, which runtimes do not take as a tensor
+    return _stack([runtime.run({k: np.asarray(v[i]) for k, v in inputs.items()}) for i in range(n)])
 
 
 def _stack(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

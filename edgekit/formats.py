@@ -82,6 +82,7 @@ def _modes(**kw: Precision) -> Mapping[str, Precision]:
 _PASSES_TAIL = ("explicit-pads", "fold-constants")
 _PASSES_TF = (
     "inline-local-functions",
+    "drop-empty-optional-inputs",
     "sanitize-node-names",
     # measured on ONNX's node tests through onnx2tf 1.29.24 + LiteRT: Flex-only (LiteRT cannot
     # run them) or wrong before, matched after
@@ -90,6 +91,7 @@ _PASSES_TF = (
     "decompose-Acosh",
     "decompose-Asinh",
     "decompose-Atanh",
+    "decompose-Erf",  # a BERT encoder's erf GELU came out FlexErf (LiteRT cannot run Flex ops)
     "expand-DepthToSpace",
     "expand-SpaceToDepth",
     "expand-CastLike",  # onnx2tf has no CastLike converter
@@ -101,6 +103,7 @@ _PASSES: dict[str, tuple[str, ...]] = {
     "tfjs": _PASSES_TF,
     "coreml": (
         "inline-local-functions",
+        "drop-empty-optional-inputs",  # onnx2torch fails on Clip(x, min, '') (a BERT encoder)
         # measured on ONNX's node tests through onnx2torch 1.5 + coremltools 9 (no converter before)
         "expand-SoftmaxCrossEntropyLoss",
         "expand-NegativeLogLikelihoodLoss",

@@ -91,7 +91,12 @@ def run_onnx2tf(job: ExportJob, precisions: set[str], work_dir: Path) -> Onnx2tf
             "probe_npz": str(job.inputs_npz) if job.inputs_npz and Path(job.inputs_npz).exists() else None,
             "batchable": bool(job.options.get("batchable")),
         }
-        res = manager.run_worker("tensorflow", "onnx2tf_worker.py", request, timeout=timeout_of(job))
+        try:
+            res = manager.run_worker("tensorflow", "onnx2tf_worker.py", request, timeout=timeout_of(job))
+        except BackendError as e:  # the worker died (TF's int8 calibrator can segfault) or timed out
+            manifest.unlink(missing_ok=True)
+            kind = "timeout" if "timed out" in str(e) else "backend_crash"
+            return Onnx2tfRun({}, 0.0, error={"kind": kind, "message": str(e).splitlines()[0]})
         data = res.data
         if not data.get("ok"):
             manifest.unlink(missing_ok=True)
@@ -149,6 +154,14 @@ class TFLiteBackend:
         precisions = {TARGET.modes[m].args["onnx2tf"] for m in modes}
         with work_dir_for(job) as wd:
             run = run_onnx2tf(job, precisions, wd)
+            int8_error = None
+            if not run.ok and "full_integer" in precisions and len(precisions) > 1:
+                # full-integer calibration fails on its own (int64 inputs, loops, a crashing
+                # calibrator): it costs only the int8 row, the float files are converted again
+                int8_error = error_message(run.error or {}, self.target)
+                if (run.error or {}).get("kind") != "timeout":
+                    precisions = precisions - {"full_integer"}
+                    run = run_onnx2tf(job, precisions, wd)
             share = run.seconds / len(modes)
             if not run.ok:
                 msg, kind = error_message(run.error or {}, self.target)
@@ -161,6 +174,9 @@ class TFLiteBackend:
             for m in modes:
                 r = results[m]
                 p = TARGET.modes[m].args["onnx2tf"]
+                if p not in data["files"] and int8_error:
+                    r.error, r.error_kind, r.seconds = f"int8: {int8_error[0]}", int8_error[1], share
+                    continue
                 dest = job.out_dir / f"{artifact_stem(job)}_{TARGET.modes[m].args['suffix']}.tflite"
                 shutil.copyfile(data["files"][p], dest)
                 r.files = [dest]

@@ -43,3 +43,15 @@ def sanitize_node_names(model: onnx.ModelProto) -> bool:
             node.name = name
             changed = True
     return changed
+
+
+@register("drop-empty-optional-inputs", {"tflite", "tfjs", "coreml"})
+def drop_empty_optional_inputs(model: onnx.ModelProto) -> bool:
+    """Trailing '' inputs mean "not given" in ONNX (Clip's max, Resize's scales); onnx2torch looks
+    them up as tensors and fails (seen on a BERT encoder's Clip). Dropping them changes nothing."""
+    changed = False
+    for node in model.graph.node:
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+            changed = True
+    return changed

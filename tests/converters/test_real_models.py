@@ -135,11 +135,23 @@ def print_summary(lazy: _Lazy) -> None:
     print("\n".join(lines))
 
 
+# Known gaps, each failing today for the named reason (strict: a fix makes the test say so).
+KNOWN_GAPS = {
+    ("crnn", "coreml"): "onnx2torch has no LSTM converter (raw onnx2torch fails the same way)",
+    ("stepper", "coreml"): "onnx2torch has no GRU converter (raw onnx2torch fails the same way)",
+    ("encoder", "coreml"): "Core ML route fails on the encoder (Clip after pinning; see issue note)",
+    ("encoder", "tflite-int8"): "onnx2tf's int8 calibrator cannot feed int64 token ids",
+}
+
+
 def _pair_params():
     out = []
     for name in rm.NAMES:
         for target, mode in PAIRS:
             marks = [] if target == "onnx" else [pytest.mark.toolchain(target)]
+            gap = KNOWN_GAPS.get((name, target)) or KNOWN_GAPS.get((name, f"{target}-{mode}"))
+            if gap:
+                marks.append(pytest.mark.xfail(reason=gap, strict=True))
             out.append(pytest.param(name, target, mode, id=f"{name}-{target}-{mode}", marks=marks))
     return out
 

@@ -306,3 +306,11 @@ def test_inspect_names_dynamic_dims_ranges_and_passes(tmp_path):
     proc = run_cli("inspect", str(unusual.exporter_names(tmp_path)), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["inputs"][0]["name"] == "input.1"
+
+
+def test_scalar_input(tmp_path):
+    model = unusual.scalar_input(tmp_path)
+    np.savez(tmp_path / "ev.npz", x=np.ones((4, 3), np.float32), t=np.arange(4, dtype=np.float32))
+    rep = convert(model, targets=["onnx"], eval_data=tmp_path / "ev.npz", out=tmp_path / "o")
+    assert rep.ok, [a.error for a in rep.artifacts]
+    np.testing.assert_array_equal(rows(rep)[("onnx", "none")].outputs["y"][:, 0], np.arange(4))

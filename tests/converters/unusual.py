@@ -171,3 +171,11 @@ def custom_op(d: Path) -> Path:
     )
     onnx.save(model, str(d / "custom.onnx"))
     return d / "custom.onnx"
+
+
+def scalar_input(d: Path) -> Path:
+    """A 0-d input (a temperature, a threshold): each sample is a scalar."""
+    nodes = [helper.make_node("Mul", ["x", "t"], ["y"])]
+    return save(
+        d / "scalar.onnx", nodes, [vi("x", T.FLOAT, [3]), vi("t", T.FLOAT, [])], [vi("y", T.FLOAT, [3])]
+    )

@@ -45,6 +45,8 @@ def _fp16(req: dict[str, Any], mode: str) -> bool:
 def _compression(req: dict[str, Any], mode: str) -> tuple[str, int] | None:
     how = req["mode_args"][mode]["compress"]
     return (str(how[0]), int(how[1])) if how else None
+
+
 # The torchvision stand-in cannot run these, so they are dropped from onnx2torch's registry and
 # reported as unsupported instead of failing later inside the trace.
 NEEDS_TORCHVISION = {"NonMaxSuppression", "RoiAlign"}
@@ -206,7 +208,7 @@ def _example(
     def pick(x: np.ndarray) -> np.ndarray:
         return np.concatenate(list(x[:2])) if batchable and len(x) >= 2 else x[0]
 
-    return tuple(torch.from_numpy(np.ascontiguousarray(pick(inputs[s["name"]]))) for s in specs)
+    return tuple(torch.from_numpy(np.array(pick(inputs[s["name"]]), copy=True)) for s in specs)
 
 
 def onnx_io(model_path: str, card_inputs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -481,7 +483,7 @@ def _forward(
     """Outputs for a sample stack, stacked per sample like edgekit's validation does."""
 
     def call(args: list[np.ndarray]) -> list[np.ndarray]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in args]
+        tensors = [torch.from_numpy(np.array(x, copy=True)) for x in args]  # 0-d samples stay 0-d
         tensors = [t.to(dtype) if t.is_floating_point() else t for t in tensors]
         res = module(*tensors)
         res = res if isinstance(res, (tuple, list)) else (res,)

@@ -76,6 +76,13 @@ def _input_layouts(model: Any, inputs: list[str], given: dict[str, str | None]) 
     return out
 
 
+RECURRENT = {"LSTM", "GRU", "RNN"}
+
+
+def _tf_name(name: str) -> str:
+    return name.replace(":", "__")
+
+
 def _ranks(model: Any) -> dict[str, int]:
     return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in model.graph.input}
 
@@ -104,7 +111,7 @@ def _calibration_files(
         path = folder / f"calib_{len(params)}.npy"
         np.save(path, x)
         # onnx2tf feeds (x - mean) / std; our data is already what the model expects.
-        params.append([name.replace(":", "__"), str(path), 0.0, 1.0])
+        params.append([_tf_name(name), str(path), 0.0, 1.0])
     return params
 
 
@@ -213,6 +220,22 @@ def _signature_key(name: str, keys: list[str], position: int) -> str:
     return keys[position] if position < len(keys) else name
 
 
+def _layout_perm(y: Any, r: Any) -> list[int] | None:
+    import itertools
+
+    import numpy as np
+
+    n = y.ndim
+    first = [0, n - 1, *range(1, n - 1)]  # channels-last back to channels-first, the usual case
+    for perm in [first, *itertools.permutations(range(n))] if n <= 5 else [first]:
+        t = np.transpose(y, perm)
+        if t.shape == r.shape and np.allclose(
+            t.astype(np.float64), r.astype(np.float64), rtol=1e-3, atol=1e-4
+        ):
+            return list(perm)
+    return None
+
+
 def _probe(saved: Path, model: Any, feeds: dict[str, Any], moved: list[str]) -> dict[str, Any]:
     """Run the SavedModel and onnxruntime on the same batch; did onnx2tf keep the numbers (and batch)?"""
     import numpy as np
@@ -242,12 +265,14 @@ def _probe(saved: Path, model: Any, feeds: dict[str, Any], moved: list[str]) -> 
     for i, name in enumerate(outs):
         key = name if name in got else f"output_{i}" if f"output_{i}" in got else keys[i]
         y, r = got[key].numpy(), ref[i]
-        if y.shape != r.shape and y.ndim >= 3:
+        if y.shape != r.shape and y.ndim == r.ndim and y.ndim >= 2:
             # onnx2tf leaves outputs of channels-last computations channels-last ([N,C,W] comes out
-            # [N,W,C]): record the transpose that gives the ONNX layout back; runtimes apply it
-            perm = [0, y.ndim - 1, *range(1, y.ndim - 1)]
-            y = np.transpose(y, perm)
-            perms[name] = perm
+            # [N,W,C]) and may move unit axes: record the transpose that gives the ONNX layout back
+            # (the one whose values match); runtimes apply it
+            perm = _layout_perm(y, r)
+            if perm is not None:
+                y = np.transpose(y, perm)
+                perms[name] = perm
         if y.shape != r.shape:
             return {"ok": False, "error": f"output {name}: shape {list(y.shape)} vs onnx {list(r.shape)}"}
         y, r = np.asarray(y, np.float64), np.asarray(r, np.float64)  # bool outputs cannot subtract
@@ -311,10 +336,16 @@ def handle(req: dict[str, Any]) -> dict[str, Any]:
     moved = [n for n in inputs if layout == "nhwc" and layouts[n] == "NCHW"]
     nhwc_in = [n for n in inputs if layouts[n] == "NHWC"]
     keep = [n for n in inputs if n not in moved and n not in nhwc_in]
+    # onnx2tf spells `:` as `__` in the names these options take (`onnx::Sub_0` -> `onnx____Sub_0`);
+    # an unmatched name is silently ignored and the input turned NHWC
     if nhwc_in:  # already channels-last (Keras/TF sources): onnx2tf must not transpose it again
-        kwargs["keep_nwc_or_nhwc_or_ndhwc_input_names"] = nhwc_in
+        kwargs["keep_nwc_or_nhwc_or_ndhwc_input_names"] = [_tf_name(n) for n in nhwc_in]
     if keep:
-        kwargs["keep_shape_absolutely_input_names"] = keep
+        kwargs["keep_shape_absolutely_input_names"] = [_tf_name(n) for n in keep]
+    if any(node.op_type in RECURRENT for node in model.graph.node):
+        # onnx2tf turns LSTM/GRU/RNN into TensorList loops (Flex ops LiteRT cannot run, and TF's
+        # int8 calibrator crashes on them); unrolled over the pinned sequence they are builtins
+        kwargs["enable_rnn_unroll"] = True
     if "dynamic_range" in precisions:
         kwargs["output_dynamic_range_quantized_tflite"] = True
     if "full_integer" in precisions:
