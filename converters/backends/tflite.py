@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.backends.base import ExportJob, ExportResult, timeout_of
+from converters.sources import sha256_file
 from converters.toolchains import manager
 from edgekit.errors import BackendError, UnsupportedOperatorError
 from edgekit.formats import TARGETS
@@ -38,14 +38,6 @@ class Onnx2tfRun:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -67,8 +59,8 @@ def layout_of(job: ExportJob) -> str:
 def run_onnx2tf(job: ExportJob, precisions: set[str], work_dir: Path) -> Onnx2tfRun:
     """onnx2tf for `job.model_path`, reusing a cached run in work_dir when it has what is asked."""
     layout = layout_of(job)
-    cache = work_dir / "onnx2tf" / f"{_sha256(job.model_path)[:20]}-{layout}"
-    calib_sha = _sha256(job.calibration_npz) if job.calibration_npz and "full_integer" in precisions else None
+    cache = work_dir / "onnx2tf" / f"{sha256_file(job.model_path)[:20]}-{layout}"
+    calib_sha = sha256_file(job.calibration_npz) if job.calibration_npz and "full_integer" in precisions else None
     manifest = cache / "manifest.json"
     with _locked(cache):
         old = json.loads(manifest.read_text()) if manifest.exists() else None
