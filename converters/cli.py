@@ -60,6 +60,12 @@ def convert(
         "(Core ML keeps a range flexible; TFLite/TF.js take the data's size or LO). A dynamic leading "
         "dim (the batch axis) stays dynamic unless given.",
     ),
+    freeze_input: list[str] = typer.Option(
+        None,
+        "--freeze-input",
+        help="An input that is really a parameter (axes, pads, weights exported as inputs) becomes a "
+        "constant with its value from --eval/--calibration (the same in every sample). Repeatable.",
+    ),
     timeout: float | None = typer.Option(
         None, "--timeout", help="Seconds one target's conversion may take; then its rows say timeout."
     ),
@@ -108,6 +114,7 @@ def convert(
         progress=not as_json,
         input_shapes=shapes or None,
         timeout=timeout,
+        freeze_inputs=freeze_input or None,
     )
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -42,6 +42,11 @@ class Dataset:
             labels = self.labels[: n * per]
         return Dataset({k: v[:n] for k, v in self.inputs.items()}, labels, self.path, n)
 
+    def without(self, names) -> Dataset:
+        """The same samples without the named inputs (frozen into the model: converters/freeze.py)."""
+        kept = {k: v for k, v in self.inputs.items() if k not in set(names)}
+        return Dataset(kept, self.labels, self.path, len(self))
+
     def feed(self, i: int) -> dict[str, np.ndarray]:
         """Sample i as one run's feeds."""
         return {k: np.asarray(v[i]) for k, v in self.inputs.items()}  # 0-d inputs stay arrays

@@ -24,6 +24,10 @@ def optimize(src: Path, dest: Path) -> dict[str, object]:
         slim = onnxslim.slim(model)
         if slim is not None and len(slim.graph.node) > 0:
             onnx.checker.check_model(slim)
+            if _interface(slim) != _interface(model):
+                # onnxslim may fold an input into a constant taken from the declared output shape
+                # (a Reshape's `shape`): the user's model would lose an input; keep it whole
+                raise ValueError(f"it changed the model's inputs/outputs {_interface(model)}")
             model = slim
             info["simplified"] = True
     except Exception as e:  # onnxslim raises many kinds on exotic graphs
@@ -34,6 +38,11 @@ def optimize(src: Path, dest: Path) -> dict[str, object]:
     info["nodes_after"] = len(model.graph.node)
     info["opset"] = opset_of(model)
     return info
+
+
+def _interface(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from converters import shapes, validate
+from converters import freeze, shapes, validate
 from converters.backends.base import ExportJob, ExportResult
 from converters.card import build_card
 from converters.data import Dataset, load_npz
@@ -67,6 +67,7 @@ class ConvertRequest:
     profile: str | None
     input_shapes: Any = None  # CLI strings or {name: dims}; see converters/shapes.py
     timeout: float | None = None  # seconds per target's conversion
+    freeze_inputs: list[str] | None = None  # inputs made constants from the data (converters/freeze.py)
 
 
 def _backend(target: str):
@@ -161,6 +162,7 @@ def convert(
     progress: bool = False,
     input_shapes: Any = None,
     timeout: float | None = None,
+    freeze_inputs: Sequence[str] | None = None,
 ) -> Report:
     """Convert `model` to every (target, mode) asked for, validate each, write DIR/report.json.
 
@@ -170,7 +172,9 @@ def convert(
     `model`: an .onnx path, `sample:digits`, a .keras/.h5/SavedModel path, a torch nn.Module
     (with `example_inputs`) or a Keras model. `input_shapes`: {name: [int | (lo, hi) | None]} or
     `NAME:D,D,...` strings, for dynamic dims the data does not pin (converters/shapes.py).
-    `timeout`: seconds one target's conversion may take before it is reported as timed out. Returns the report; `report.ok` is False when any
+    `timeout`: seconds one target's conversion may take before it is reported as timed out.
+    `freeze_inputs`: inputs that are really parameters (axes, pads, weights), made constants
+    with their one value in the data (converters/freeze.py). Returns the report; `report.ok` is False when any
     artifact failed, mismatched its reference, or dropped more than `max_drop` top-1 points.
     """
     if pairs is not None:  # per-target modes (device profiles); every pair must be supported
@@ -205,6 +209,7 @@ def convert(
         profile,
         input_shapes,
         timeout,
+        list(freeze_inputs or []),
     )
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".edgekit-work-", dir=out))
@@ -273,6 +278,15 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
     opt_info = optimize(source.onnx_path, fp32)
     card = build_card(fp32, source, name=req.name, labels=req.labels)
     calib, evaluation = _load_data(req, source, card)
+    ref_source = source.onnx_path
+    if req.freeze_inputs:
+        prog.step(f"freezing {', '.join(req.freeze_inputs)}")
+        values = freeze.values(req.freeze_inputs, evaluation or calib)
+        ref_source = work / "source-frozen.onnx"
+        freeze.freeze(source.onnx_path, ref_source, values)
+        opt_info = optimize(ref_source, fp32)  # the constants fold into what they parameterize
+        card = build_card(fp32, source, name=req.name, labels=req.labels)
+        calib, evaluation = (d.without(values) if d else None for d in (calib, evaluation))
     given = shapes.parse_input_shapes(req.input_shapes)
     stacked = evaluation or calib
     plan = shapes.plan_shapes(card, given, shapes.sample_shapes(stacked.inputs) if stacked else None)
@@ -285,13 +299,14 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
     calib_npz = calib.save(work / "calibration.npz") if calib else None
 
     prog.step("fp32 reference (onnxruntime)")
-    ref_rt, reference = _reference(source.onnx_path, data, batchable)
+    ref_rt, reference = _reference(ref_source, data, batchable)
     ref_info: dict[str, Any] = {
         "runtime": "onnxruntime",
         "latency_ms": validate.latency_ms(ref_rt, data.feed(0)),
         "samples": len(data),
         "data": str(data.path) if data.path else "synthesized (seeded)",
         "input_shapes": plan.run_shapes(),
+        **({"frozen_inputs": req.freeze_inputs} if req.freeze_inputs else {}),
     }
     if data.labels is not None:
         ref_info["top1"] = validate.top1(reference, data.labels)

@@ -71,23 +71,34 @@ def align_outputs(reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) 
 
 
 def parity(tol: Tolerance, reference: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Parity:
-    """Worst cosine over outputs >= tol.min_cosine (and, for fp32, max abs <= max_abs_rel x scale)."""
+    """Worst cosine over outputs >= tol.min_cosine (and, for fp32, max abs <= max_abs_rel x scale).
+
+    Non-finite values (a Cast of 1e300 to float32, log(0)) must match exactly, same place and same
+    value; the numeric bounds then judge the finite rest. A NaN never compares as "close"."""
     got = align_outputs(reference, got)
     max_abs, worst_cos, scale = 0.0, 1.0, 0.0
+    nonfinite_differs = []
     for name, ref in reference.items():
         a = np.asarray(ref, dtype=np.float64).ravel()
         b = np.asarray(got[name], dtype=np.float64).reshape(np.shape(ref)).ravel()
+        fa, fb = np.isfinite(a), np.isfinite(b)
+        if not (np.array_equal(fa, fb) and np.array_equal(a[~fa], b[~fb], equal_nan=True)):
+            nonfinite_differs.append(name)
+            fa = fa & fb
+        a, b = a[fa], b[fa]
         max_abs = max(max_abs, float(np.max(np.abs(a - b))) if a.size else 0.0)
         scale = max(scale, float(np.max(np.abs(a))) if a.size else 0.0)
         denom = np.linalg.norm(a) * np.linalg.norm(b)
         cos = float(np.dot(a, b) / denom) if denom > 0 else float(np.allclose(a, b))
         worst_cos = min(worst_cos, cos)
-    ok = worst_cos >= tol.min_cosine
+    ok = worst_cos >= tol.min_cosine and not nonfinite_differs
     bound = f"cosine >= {tol.min_cosine}"
     if tol.max_abs_rel is not None:
         limit = tol.max_abs_rel * max(1.0, scale)
         ok = ok and max_abs <= limit
         bound += f", max_abs <= {limit:.2g}"
+    if nonfinite_differs:
+        bound += f"; NaN/inf differ in {', '.join(nonfinite_differs)}"
     return Parity(max_abs, worst_cos, ok, bound)
 
 

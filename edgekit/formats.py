@@ -67,6 +67,9 @@ class Target:
     modes: Mapping[str, Precision]
     passes: tuple[str, ...] = ()  # ONNX legalization passes run before its backend, in order
     companions: Mapping[str, str] = field(default_factory=dict)  # suffix -> format of the same model
+    # element types its artifacts' I/O cannot carry -> the type they take instead (the card keeps
+    # the model's own type; an app casts at the boundary, as it must for the format anyway)
+    io_dtypes: Mapping[str, str] = field(default_factory=dict)
 
 
 def _modes(**kw: Precision) -> Mapping[str, Precision]:
@@ -91,6 +94,10 @@ _PASSES_TF = (
     "decompose-Acosh",
     "decompose-Asinh",
     "decompose-Atanh",
+    "decompose-Atan",
+    "decompose-Sinh",
+    "decompose-Cosh",
+    "decompose-Tan",
     "decompose-Erf",  # a BERT encoder's erf GELU came out FlexErf (LiteRT cannot run Flex ops)
     "expand-DepthToSpace",
     "expand-SpaceToDepth",
@@ -249,6 +256,22 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
             toolchain="coreml",
             max_opset=17,  # onnx2torch 1.5
             shapes="ranges",
+            # Core ML model I/O is float32/float16/int32 only (int8 from iOS 26); coremltools
+            # declares bool tensors as float32 0/1 itself
+            io_dtypes=MappingProxyType(
+                {
+                    "float32": "float32",
+                    "float16": "float16",
+                    "float64": "float32",
+                    "int32": "int32",
+                    "int64": "int32",
+                    "int16": "int32",
+                    "int8": "int32",
+                    "uint8": "int32",
+                    "uint16": "int32",
+                    "bool": "float32",
+                }
+            ),
             modes=_modes(
                 none=Precision("fp32", "float32 compute", FP32, {"compute": "fp32", "compress": None}),
                 fp16=Precision(

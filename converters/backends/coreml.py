@@ -63,6 +63,7 @@ class CoreMLBackend:
             "name": _safe_name(job.card.name),
             "modes": list(job.modes),
             "mode_args": {m: dict(TARGETS["coreml"].modes[m].args) for m in job.modes},
+            "io_dtypes": dict(TARGETS["coreml"].io_dtypes),
             "inputs_npz": str(job.inputs_npz),
             # dims as this target takes them: ints, None (dynamic batch) or [lo, hi] ranges
             "inputs": [_tensor(t, job.options.get("input_shapes", {}).get(t.name)) for t in job.card.inputs],

@@ -37,6 +37,55 @@ NUMERIC = {
     TensorProto.UINT64,
     TensorProto.BOOL,
 }
+# The op's formal inputs that real exports carry as initializers: weights, and the attributes that
+# newer opsets turned into inputs (axes, pads, shape...). The node tests feed them as graph inputs;
+# the matrix freezes them (`convert --freeze-input`), so each case measures the op as a user's
+# exported model holds it. "B" is a bias only beside a weight or scale (else it is an operand).
+PARAMETER_SLOTS = frozenset(
+    [
+        "W",
+        "R",
+        "weight",
+        "Scale",
+        "scale",
+        "bias",
+        "input_mean",
+        "input_var",
+        "min",
+        "max",
+        "axes",
+        "axis",
+        "pads",
+        "shape",
+        "starts",
+        "ends",
+        "steps",
+        "repeats",
+        "sizes",
+        "scales",
+        "roi",
+        "split",
+        "depth",
+        "values",
+        "target_type",
+        "image_shape",
+        "block_shape",
+        "output_shape",
+        "size",
+        "w",
+        "b",
+        "x_scale",
+        "x_zero_point",
+        "w_scale",
+        "w_zero_point",
+        "a_scale",
+        "a_zero_point",
+        "b_scale",
+        "b_zero_point",
+        "y_scale",
+        "y_zero_point",
+    ]
+)
 MODEL_FILE, EVAL_FILE, EXPECTED_FILE, META_FILE = "model.onnx", "eval.npz", "expected.npz", "case.json"
 
 
@@ -123,6 +172,29 @@ def _array(value, case_name: str) -> np.ndarray:
     return arr
 
 
+def parameters(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs bound to the node's parameter slots (never its first input: that is the data)."""
+    from onnx import defs
+
+    node = model.graph.node[0]
+    opset = next((o.version for o in model.opset_import if o.domain == node.domain), None)
+    try:
+        schema = defs.get_schema(node.op_type, opset or 1, node.domain)
+    except Exception:  # an op this onnx has no schema for: nothing is known to be a parameter
+        return []
+    formal = [f.name for f in schema.inputs]
+    is_bias = bool({"W", "Scale", "scale"} & set(formal))
+    graph_inputs = {v.name for v in model.graph.input}
+    out = []
+    for j, name in enumerate(node.input):
+        if j == 0 or name not in graph_inputs or not formal:
+            continue
+        slot = formal[min(j, len(formal) - 1)]
+        if slot in PARAMETER_SLOTS or (slot == "B" and is_bias):
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
 def write(case: Case, folder: Path) -> Path:
     """The case as the pipeline takes it: model, eval data (a stack of one sample), expected outputs.
 
@@ -133,7 +205,13 @@ def write(case: Case, folder: Path) -> Path:
     onnx.save(case.model, str(folder / MODEL_FILE))
     np.savez(folder / EVAL_FILE, **{k: v[None] for k, v in case.inputs.items()})
     np.savez(folder / EXPECTED_FILE, **case.expected)
-    meta = {"op": case.op, "domain": case.domain, "key": case.key, "name": case.name}
+    meta = {
+        "op": case.op,
+        "domain": case.domain,
+        "key": case.key,
+        "name": case.name,
+        "freeze": parameters(case.model),
+    }
     (folder / META_FILE).write_text(json.dumps(meta))
     return folder
 
@@ -142,6 +220,11 @@ def eval_data(folder: Path) -> Path | None:
     """The eval file for convert(), or None for a model without inputs (nothing to feed)."""
     with np.load(folder / EVAL_FILE) as npz:
         return folder / EVAL_FILE if npz.files else None
+
+
+def frozen(folder: Path) -> list[str]:
+    """The inputs the case freezes (see PARAMETER_SLOTS)."""
+    return json.loads((folder / META_FILE).read_text()).get("freeze", [])
 
 
 def load_expected(folder: Path) -> dict[str, np.ndarray]:

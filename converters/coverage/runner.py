@@ -30,9 +30,7 @@ from edgekit.errors import BackendError
 SERVE_SCRIPT = Path(__file__).with_name("_serve.py")
 GRACE = 30.0  # seconds the child gets beyond the case's limit to report a timeout itself
 # Worker scripts whose handler cannot run twice in one process; they stay one process per call.
-# tfjs_worker.py: its tensorflow_decision_forests stub (a module without __spec__) makes
-# importlib.util.find_spec raise on the second request.
-NOT_REENTRANT: tuple[str, ...] = ("tfjs_worker.py",)
+NOT_REENTRANT: tuple[str, ...] = ()
 
 
 def run_case(case_dir: Path, target: str, out: Path, timeout: float | None = None) -> Outcome:
@@ -49,6 +47,7 @@ def run_case(case_dir: Path, target: str, out: Path, timeout: float | None = Non
                 modes=["none"],
                 eval_data=cases.eval_data(case_dir),
                 out=out,
+                freeze_inputs=cases.frozen(case_dir),
             )
         rows = [r for r in report.artifacts if r.target == target]
         outcome = (

@@ -179,3 +179,28 @@ def scalar_input(d: Path) -> Path:
     return save(
         d / "scalar.onnx", nodes, [vi("x", T.FLOAT, [3]), vi("t", T.FLOAT, [])], [vi("y", T.FLOAT, [3])]
     )
+
+
+def parameter_inputs(d: Path) -> Path:
+    """Conv weights and Reduce axes exported as graph inputs (what ONNX's node tests do)."""
+    return save(
+        d / "params.onnx",
+        [
+            helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("ReduceMean", ["c", "axes"], ["y"], keepdims=0),
+        ],
+        [vi("x", T.FLOAT, ["N", 1, 6, 6]), vi("W", T.FLOAT, [2, 1, 3, 3]), vi("axes", T.INT64, [2])],
+        [vi("y", T.FLOAT, ["N", 2])],
+        opset=18,
+    )
+
+
+def reshape_by_input(d: Path) -> Path:
+    """Reshape whose target shape is a graph input and whose output shape is declared (onnxslim
+    once folded the input into a constant read off the declared output)."""
+    return save(
+        d / "reshape_in.onnx",
+        [helper.make_node("Reshape", ["data", "shape"], ["y"])],
+        [vi("data", T.FLOAT, [3, 4, 5]), vi("shape", T.INT64, [1])],
+        [vi("y", T.FLOAT, [60])],
+    )

@@ -11,7 +11,7 @@ storage) and *simulated* outputs: the package's own weights (decompressed where 
 loaded back into the onnx2torch module and run with torch, in fp16 where the program computes in
 fp16. That measures the weight compression and fp16 rounding, not Core ML's kernels.
 
-Request: {"model", "out_dir", "name", "modes", "mode_args", "inputs_npz", "inputs": [{name, shape, dtype}],
+Request: {"model", "out_dir", "name", "modes", "mode_args", "io_dtypes", "inputs_npz", "inputs": [{name, shape, dtype}],
           "outputs": [{name, shape, dtype}], "options": {"max_batch", "weight_threshold"}}
 Response: {"versions", "results": [{"mode", "path", "simulated_outputs", "runtime_note", "checks",
            "seconds", "error", "error_kind"}]} or {"ok": false, "error": {"kind", "op", "node", ...}}
@@ -54,7 +54,6 @@ SIM_NOTE = (
     "simulated: Core ML runtime needs macOS; outputs from the package's weights{decomp} run in "
     "the torch intermediate with {act} activations, not Core ML kernels"
 )
-CORE_ML_DTYPES = {"float32": "float32", "float16": "float16", "int32": "int32", "int64": "int32"}
 
 
 def _install_torchvision_stub() -> None:
@@ -180,7 +179,9 @@ def onnx_to_torch(model_path: str) -> torch.nn.Module:
 # ---------------------------------------------------------------------------- torch -> Core ML
 
 
-def _core_ml_inputs(specs: list[dict[str, Any]], example: tuple[Any, ...], max_batch: int) -> list[Any]:
+def _core_ml_inputs(
+    specs: list[dict[str, Any]], example: tuple[Any, ...], max_batch: int, io_dtypes: dict[str, str]
+) -> list[Any]:
     """TensorTypes named as the ONNX inputs. Dims come as edgekit resolved them for Core ML: an int
     is fixed, [lo, hi] a RangeDim (`--input-shape x:1,3,48,32..640`), None the dynamic batch axis
     (1..max_batch). Defaults are the traced example's sizes, which are known to work."""
@@ -194,7 +195,7 @@ def _core_ml_inputs(specs: list[dict[str, Any]], example: tuple[Any, ...], max_b
                 dims.append(ct.RangeDim(lower_bound=d[0], upper_bound=d[1], default=int(ex.shape[i])))
             else:
                 dims.append(ct.RangeDim(lower_bound=1, upper_bound=max_batch, default=int(ex.shape[i])))
-        dtype = np.dtype(CORE_ML_DTYPES.get(spec["dtype"], spec["dtype"])).type
+        dtype = np.dtype(io_dtypes.get(spec["dtype"], spec["dtype"])).type
         out.append(ct.TensorType(name=spec["name"], shape=ct.Shape(dims), dtype=dtype))
     return out
 
@@ -237,7 +238,7 @@ def to_mlprogram(module: torch.nn.Module, ctx: dict[str, Any], fp16: bool) -> An
     ]
     return ct.convert(
         traced,
-        inputs=_core_ml_inputs(ctx["in_specs"], ctx["example"], max_batch),
+        inputs=_core_ml_inputs(ctx["in_specs"], ctx["example"], max_batch, ctx["req"]["io_dtypes"]),
         outputs=outputs,
         convert_to="mlprogram",
         minimum_deployment_target=ct.target.iOS16,
@@ -293,7 +294,9 @@ def name_map(spec_side: list[dict[str, Any]], card_side: list[dict[str, Any]]) -
     }
 
 
-def _io_mismatches(spec_side: list[dict[str, Any]], card_side: list[dict[str, Any]], what: str) -> list[str]:
+def _io_mismatches(
+    spec_side: list[dict[str, Any]], card_side: list[dict[str, Any]], what: str, io_dtypes: dict[str, str]
+) -> list[str]:
     problems = []
     names_ok = len(spec_side) == len(card_side) and all(
         s["name"] in (c["name"], core_ml_name(c["name"])) for s, c in zip(spec_side, card_side, strict=False)
@@ -308,7 +311,7 @@ def _io_mismatches(spec_side: list[dict[str, Any]], card_side: list[dict[str, An
         # mlprogram outputs carry no shape in the spec unless set: only a stated shape can disagree
         if s["shape"] and s["shape"] != want:
             problems.append(f"{what} {s['name']} shape {s['shape']} != card {c['shape']}")
-        if s["dtype"] != CORE_ML_DTYPES.get(c["dtype"], c["dtype"]):
+        if s["dtype"] != io_dtypes.get(c["dtype"], c["dtype"]):
             problems.append(f"{what} {s['name']} dtype {s['dtype']} != card {c['dtype']}")
     return problems
 
@@ -394,7 +397,10 @@ def static_checks(path: Path, req: dict[str, Any], threshold: int) -> dict[str, 
     spec = loaded.get_spec()
     ins = [_feature(f) for f in spec.description.input]
     outs = [_feature(f) for f in spec.description.output]
-    mismatches = _io_mismatches(ins, req["inputs"], "input") + _io_mismatches(outs, req["outputs"], "output")
+    io = req["io_dtypes"]  # edgekit/formats.py: the coreml row's io_dtypes
+    mismatches = _io_mismatches(ins, req["inputs"], "input", io) + _io_mismatches(
+        outs, req["outputs"], "output", io
+    )
     _, counts, compute = _mil_ops(spec)
     weight_bin = path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
     return {

@@ -26,7 +26,12 @@ from _worker import WorkerError, captured, main, tail, versions
 
 
 def _stub_unused_imports() -> None:
-    if importlib.util.find_spec("tensorflow_decision_forests") is None:
+    # sys.modules first: find_spec raises on a module without __spec__ (our stub, on a second
+    # request in a persistent worker)
+    if (
+        "tensorflow_decision_forests" not in sys.modules
+        and importlib.util.find_spec("tensorflow_decision_forests") is None
+    ):
         sys.modules["tensorflow_decision_forests"] = types.ModuleType("tensorflow_decision_forests")
     try:
         import tensorflowjs.converters.jax_conversion  # noqa: F401
