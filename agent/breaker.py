@@ -2,7 +2,9 @@
 
 After `failure_threshold` consecutive failures the breaker opens and calls fail fast (an offline
 store must not wait a network timeout per request). After `reset_timeout` seconds one probe is
-let through (half-open); its success closes the breaker, its failure re-opens it.
+let through (half-open); its success closes the breaker, its failure re-opens it. A call that
+was allowed must end in exactly one of record_success, record_failure or release: a probe that
+ends any other way (an exception nobody classified) would hold the only half-open slot forever.
 """
 
 from __future__ import annotations
@@ -62,3 +64,9 @@ class CircuitBreaker:
                 self._state = OPEN
                 self._opened_at = self._clock()
                 self._probe_in_flight = False
+
+    def release(self) -> None:
+        """An allowed call ended without saying anything about the link (it raised before or
+        instead of an answer): free the probe slot, state unchanged, so the next call probes."""
+        with self._lock:
+            self._probe_in_flight = False

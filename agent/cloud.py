@@ -3,6 +3,9 @@
 Every call has a deadline (the whole call, retries included), a bounded number of retries for
 transport errors and 5xx answers, and goes through a circuit breaker. 4xx answers are the
 caller's fault: they are passed on as-is, never retried and never count against the link.
+An answer that cannot be used (undecodable body, not a V2 response) counts against the link and
+is named `cloud_bad_response`; anything else that escapes an attempt still frees the breaker's
+half-open probe slot on its way out.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -24,6 +28,7 @@ UNREACHABLE = "cloud_unreachable"
 TIMEOUT = "cloud_timeout"
 BREAKER_OPEN = "breaker_open"
 HTTP_ERROR = "cloud_http_error"
+BAD_RESPONSE = "cloud_bad_response"
 
 
 class CloudError(Exception):
@@ -80,36 +85,57 @@ class CloudClient:
             headers[HEADER_LENGTH] = str(hlen)
         last: CloudError | None = None
         for attempt in range(self.retries + 1):
-            if not self.breaker.allow():
-                raise last or CloudError(BREAKER_OPEN, "cloud circuit breaker is open")
             left = end - time.monotonic()
             if left <= 0:
                 break
+            if not self.breaker.allow():
+                raise last or CloudError(BREAKER_OPEN, "cloud circuit breaker is open")
             try:
-                r = self._client.post(
-                    f"{self.url}/v2/models/{model}/infer", content=body, headers=headers, timeout=left
-                )
-            except httpx.TimeoutException as e:
+                link_ok, outcome = self._attempt(model, body, headers, left, budget)
+            except BaseException:
+                self.breaker.release()  # no verdict on the link, but the probe slot must not leak
+                raise
+            if link_ok:
+                self.breaker.record_success()
+            else:
                 self.breaker.record_failure()
-                last = CloudError(TIMEOUT, f"cloud did not answer within {budget * 1000:.0f} ms ({e!r})")
-                continue
-            except httpx.TransportError as e:
-                self.breaker.record_failure()
-                last = CloudError(UNREACHABLE, f"cloud unreachable: {e!r}")
-                if attempt < self.retries:
-                    time.sleep(min(0.05 * 2**attempt, max(0.0, end - time.monotonic())))
-                continue
-            if r.status_code >= 500:
-                self.breaker.record_failure()
-                last = CloudError(HTTP_ERROR, f"cloud answered {r.status_code}: {_err(r)}", r.status_code)
-                continue
-            self.breaker.record_success()
-            if r.status_code >= 400:
-                raise CloudError(HTTP_ERROR, _err(r), r.status_code)
+            if isinstance(outcome, CloudResult):
+                return outcome
+            if link_ok:
+                raise outcome  # the caller's error (4xx): not retried
+            last = outcome
+            if outcome.kind == UNREACHABLE and attempt < self.retries:
+                time.sleep(min(0.05 * 2**attempt, max(0.0, end - time.monotonic())))
+        raise last or CloudError(TIMEOUT, f"cloud deadline of {budget * 1000:.0f} ms exceeded")
+
+    def _attempt(
+        self, model: str, body: bytes, headers: dict[str, str], left: float, budget: float
+    ) -> tuple[bool, CloudResult | CloudError]:
+        """One POST, classified: (did the link work?, the result or the error to act on)."""
+        try:
+            r = self._client.post(
+                f"{self.url}/v2/models/{quote(model, safe='')}/infer",
+                content=body,
+                headers=headers,
+                timeout=left,
+            )
+        except httpx.TimeoutException as e:
+            return False, CloudError(TIMEOUT, f"cloud did not answer within {budget * 1000:.0f} ms ({e!r})")
+        except httpx.TransportError as e:
+            return False, CloudError(UNREACHABLE, f"cloud unreachable: {e!r}")
+        except httpx.HTTPError as e:  # e.g. a body whose Content-Encoding lies
+            return False, CloudError(BAD_RESPONSE, f"cloud answer unusable: {type(e).__name__}: {e}")
+        if r.status_code >= 500:
+            return False, CloudError(HTTP_ERROR, f"cloud answered {r.status_code}: {_err(r)}", r.status_code)
+        if r.status_code >= 400:
+            return True, CloudError(HTTP_ERROR, _err(r), r.status_code)
+        try:
             h = r.headers.get(HEADER_LENGTH)
             doc, outputs = decode_response(r.content, int(h) if h else None)
-            return CloudResult(outputs, doc.get("model_version"), doc)
-        raise last or CloudError(TIMEOUT, f"cloud deadline of {budget * 1000:.0f} ms exceeded")
+            version = doc.get("model_version")
+        except Exception as e:  # the remote's bytes are untrusted input: whatever breaks, it is its answer
+            return False, CloudError(BAD_RESPONSE, f"cloud answer is not a V2 response: {type(e).__name__}")
+        return True, CloudResult(outputs, version, doc)
 
     def ready(self, model: str | None = None) -> bool:
         path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"

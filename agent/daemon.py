@@ -17,6 +17,7 @@ from agent import fallback as fb
 from agent.breaker import CircuitBreaker
 from agent.cloud import CloudClient
 from agent.config import load_agent_config
+from agent.download_limits import DownloadLimits
 from agent.engine import Engine
 from agent.metrics import Metrics
 from agent.models import ModelRegistry
@@ -71,7 +72,11 @@ class Agent:
 
     def _download_opts(self) -> dict[str, Any]:
         d = self.cfg["download"]
-        opts: dict[str, Any] = {"timeout": float(d["timeout_s"]), "retries": int(d["retries"])}
+        opts: dict[str, Any] = {
+            "timeout": float(d["timeout_s"]),
+            "retries": int(d["retries"]),
+            "limits": DownloadLimits.from_config(d),
+        }
         if d.get("ca"):
             opts["verify"] = d["ca"]
         if d.get("cert"):
@@ -125,6 +130,7 @@ class Agent:
                 max_body=int(float(s["max_body_mb"]) * (1 << 20)),
                 is_ready=self._ready.is_set,
                 status=self.status,
+                admin_token=s.get("admin_token") or None,
             )
             self.server = ServerThread(app, s["host"], int(s["port"])).start()
         if self.updater is not None:

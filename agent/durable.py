@@ -7,34 +7,13 @@ never a torn file: os.replace is atomic on POSIX and the directory fsync makes t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+# One implementation, shared with the fleet (keys, root.json): edgekit.durable.
+from edgekit.durable import atomic_write_bytes, fsync_dir
 
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir", "read_json"]
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

@@ -137,6 +137,12 @@ class Metrics:
             "edgekit_agent_cloud_breaker_open", "1 when the cloud circuit breaker is not closed.", ()
         )
         self.mqtt_connected = Gauge("edgekit_agent_mqtt_connected", "1 while connected to the broker.", ())
+        self.aborted_requests = Counter(
+            "edgekit_agent_aborted_requests_total",
+            "Requests whose client closed the connection before sending the whole body.",
+            (),
+        )
+        self.aborted_requests.inc(amount=0)  # exported from 0, so rate() sees the first abort
         self._all = [
             self.requests,
             self.latency,
@@ -146,6 +152,7 @@ class Metrics:
             self.update_transitions,
             self.breaker_state,
             self.mqtt_connected,
+            self.aborted_requests,
         ]
 
     def set_model(self, name: str, version: str, sha256: str | None) -> None:

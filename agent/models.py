@@ -8,7 +8,7 @@ request; the old runtime is freed when its last request drops the reference.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class LoadedModel:
     card: ModelCard | None = None
     loaded_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None  # kept so `load` can reopen the same file the same way
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -95,12 +96,15 @@ def load_model(
     runtime = open_runtime(
         path, threads=threads, output_names=[o.name for o in card.outputs] if card else None
     )
-    return LoadedModel(name, str(version), runtime, Path(path), sha256, card, time.time())
+    return LoadedModel(name, str(version), runtime, Path(path), sha256, card, time.time(), threads=threads)
 
 
 class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, LoadedModel] = {}
+        # What the repository `unload` route took offline, so `load` can reopen it. Only the
+        # recipe (path, version, card) is kept, never the runtime: unloading frees its memory.
+        self._unloaded: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()  # serializes writers; readers only do one dict lookup
 
     def get(self, name: str) -> LoadedModel | None:
@@ -112,6 +116,7 @@ class ModelRegistry:
             models = dict(self._models)
             models[model.name] = model
             self._models = models  # one reference assignment: readers see old or new table
+            self._unloaded.pop(model.name, None)  # an update supersedes what was unloaded
             return old
 
     def remove(self, name: str) -> LoadedModel | None:
@@ -120,6 +125,38 @@ class ModelRegistry:
             old = models.pop(name, None)
             self._models = models
             return old
+
+    def unload(self, name: str) -> LoadedModel | None:
+        """Stop serving `name` until `reload(name)`, an update or a restart brings it back."""
+        with self._lock:
+            models = dict(self._models)
+            old = models.pop(name, None)
+            self._models = models
+            if old is not None and old.path is not None:
+                self._unloaded[name] = replace(old, runtime=None)
+            return old
+
+    def reload(self, name: str) -> LoadedModel | None:
+        """Serve `name` again from the file it was unloaded from; None if it never was unloaded.
+
+        Already loaded (e.g. an update arrived meanwhile) is success: that model stays."""
+        with self._lock:
+            current, recipe = self._models.get(name), self._unloaded.get(name)
+        if current is not None or recipe is None:
+            return current
+        assert recipe.path is not None
+        fresh = load_model(
+            name, recipe.path, recipe.version, card=recipe.card, sha256=recipe.sha256, threads=recipe.threads
+        )
+        with self._lock:
+            if name in self._models:  # an update got there while the file was opening: it wins
+                return self._models[name]
+            self._models = {**self._models, name: fresh}
+            self._unloaded.pop(name, None)
+        return fresh
+
+    def unloaded(self) -> list[str]:
+        return sorted(self._unloaded)
 
     def names(self) -> list[str]:
         return sorted(self._models)

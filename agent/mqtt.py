@@ -135,7 +135,10 @@ class AgentMqtt:
     # callbacks (paho network thread) ---------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("MQTT connect refused: %s", reason_code)
+            # e.g. "Bad user name or password" after a re-enrolment or a revocation: say it,
+            # keep it in last_error; paho retries with backoff (a new bundle may come).
+            self.last_error = f"connect refused: {reason_code}"
+            log.warning("MQTT connect refused by %s:%d: %s", self.s.host, self.s.port, reason_code)
             return
         log.info(
             "MQTT connected to %s:%d (session present: %s)",

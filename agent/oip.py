@@ -3,50 +3,90 @@
 Decoding turns a request body into numpy arrays; encoding does the reverse. The binary
 extension (used by default by tritonclient) puts a JSON header of `Inference-Header-Content-Length`
 bytes first and the raw little-endian tensor bytes after it, in input/output order.
+
+A request is checked against a typed schema with explicit bounds (`InferRequestDoc`; unknown
+fields are ignored) before any numpy work, and element counts are Python ints bounded by the bytes
+that carry them: whatever a client sends, the answer is an inference or an OIPError(400) naming
+the problem. JSON outputs spell NaN/Infinity as strings (see agent/tensor_data.py): the body is
+always strict JSON.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
+
+from agent.oip_types import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, OIPError, datatype_of
+from agent.tensor_data import from_json_data, to_json_list
+
+__all__ = [
+    "DATATYPE_TO_NUMPY",
+    "HEADER_LENGTH",
+    "NUMPY_TO_DATATYPE",
+    "InferRequest",
+    "OIPError",
+    "datatype_of",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+    "parse_header_length",
+]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-DATATYPE_TO_NUMPY: dict[str, str] = {
-    "BOOL": "bool",
-    "UINT8": "uint8",
-    "UINT16": "uint16",
-    "UINT32": "uint32",
-    "UINT64": "uint64",
-    "INT8": "int8",
-    "INT16": "int16",
-    "INT32": "int32",
-    "INT64": "int64",
-    "FP16": "float16",
-    "FP32": "float32",
-    "FP64": "float64",
-}
-NUMPY_TO_DATATYPE = {v: k for k, v in DATATYPE_TO_NUMPY.items()}
+# Bounds on a request's structure. The body size (the server's max_body) bounds the rest: a
+# tensor cannot hold more elements than the bytes that carry them.
+MAX_RANK = 32  # numpy stops at 64; the models served here have a handful
+MAX_DIM = 2**63 - 1  # ONNX dims are int64
+MAX_TENSORS = 1024  # inputs, and requested outputs, per request
+MAX_NAME = 256
+MAX_ID = 1024
+_MAX_HEADER_DIGITS = 19  # a longer byte count is beyond any body we accept
 
 
-class OIPError(Exception):
-    """An error that becomes an OIP error body `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class _Wire(BaseModel):
+    # Unknown fields are ignored: they belong to a newer protocol version or an extension we lack.
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-def datatype_of(dtype: str | np.dtype) -> str:
-    name = np.dtype(dtype).name
-    try:
-        return NUMPY_TO_DATATYPE[name]
-    except KeyError:
-        raise OIPError(400, f"unsupported tensor dtype {name}") from None
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+_Dim = Annotated[StrictInt, Field(ge=0, le=MAX_DIM)]
+
+
+class TensorParameters(_Wire):
+    binary_data_size: Annotated[StrictInt, Field(ge=0)] | None = None
+    binary_data: StrictBool | None = None
+
+
+class InputTensor(_Wire):
+    name: _Name
+    datatype: Literal[tuple(DATATYPE_TO_NUMPY)]  # type: ignore[valid-type]
+    shape: Annotated[list[_Dim], Field(max_length=MAX_RANK)]
+    parameters: TensorParameters | None = None
+    data: Any = None  # checked by agent.tensor_data against datatype and shape
+
+
+class RequestedOutput(_Wire):
+    name: _Name
+    parameters: TensorParameters | None = None
+
+
+class RequestParameters(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)  # other parameters are the caller's business
+    binary_data_output: StrictBool = False
+
+
+class InferRequestDoc(_Wire):
+    id: Annotated[str, StringConstraints(max_length=MAX_ID)] | None = None
+    inputs: Annotated[list[InputTensor], Field(min_length=1, max_length=MAX_TENSORS)]
+    outputs: Annotated[list[RequestedOutput], Field(max_length=MAX_TENSORS)] | None = None
+    parameters: RequestParameters | None = None
 
 
 @dataclass
@@ -59,75 +99,95 @@ class InferRequest:
     binary_default: bool = False
 
 
-def _as_dict(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise OIPError(400, f"{what} must be a JSON object")
-    return value
+def parse_header_length(value: str | None) -> int | None:
+    """The `Inference-Header-Content-Length` header as a byte count (None when absent), or OIPError(400)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_HEADER_DIGITS:
+        raise OIPError(400, f"invalid {HEADER_LENGTH} header {value[:40]!r}: expected a byte count")
+    return int(text)
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    if header_length is not None:
-        if header_length < 0 or header_length > len(body):
-            raise OIPError(400, f"{HEADER_LENGTH} {header_length} exceeds the body ({len(body)} bytes)")
-        head, binary = body[:header_length], memoryview(body)[header_length:]
-    else:
-        head, binary = body, memoryview(b"")
-    try:
-        doc = _as_dict(json.loads(head), "request")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OIPError(400, f"request body is not valid JSON: {e}") from None
-    raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise OIPError(400, "request has no 'inputs' list")
+    """A request body (JSON, or JSON + binary tensors) as numpy inputs, or OIPError(400) naming the fault."""
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise OIPError(400, f"{HEADER_LENGTH} {header_length} exceeds the body ({len(body)} bytes)")
+    view = memoryview(body)
+    head = view[:header_length] if header_length is not None else view
+    binary = view[header_length:] if header_length is not None else memoryview(b"")
+    doc = _validated(_parse_json(head))
     inputs: dict[str, np.ndarray] = {}
     offset = 0
-    for i, t in enumerate(raw_inputs):
-        t = _as_dict(t, f"inputs[{i}]")
-        name, dt, shape = t.get("name"), t.get("datatype"), t.get("shape")
-        if not isinstance(name, str):
-            raise OIPError(400, f"inputs[{i}] has no name")
-        if dt not in DATATYPE_TO_NUMPY:
-            raise OIPError(400, f"input {name!r}: unsupported datatype {dt!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise OIPError(400, f"input {name!r}: shape must be a list of non-negative integers")
-        if name in inputs:
-            raise OIPError(400, f"input {name!r} given twice")
-        dtype = np.dtype(DATATYPE_TO_NUMPY[dt])
-        count = int(np.prod(shape)) if shape else 1
-        params = t.get("parameters") or {}
-        nbytes = params.get("binary_data_size") if isinstance(params, dict) else None
-        if nbytes is not None:
-            if not isinstance(nbytes, int) or nbytes != count * dtype.itemsize:
-                raise OIPError(
-                    400, f"input {name!r}: binary_data_size {nbytes} != {count} x {dtype.itemsize}"
-                )
-            if offset + nbytes > len(binary):
-                raise OIPError(400, f"input {name!r}: binary data is truncated")
-            arr = np.frombuffer(binary[offset : offset + nbytes], dtype=dtype.newbyteorder("<"))
-            offset += nbytes
-        else:
-            if "data" not in t:
-                raise OIPError(400, f"input {name!r} has no data")
-            try:
-                arr = np.asarray(t["data"], dtype=dtype)
-            except (ValueError, TypeError) as e:
-                raise OIPError(400, f"input {name!r}: data is not {dt}: {e}") from None
-            if arr.size != count:
-                raise OIPError(400, f"input {name!r}: {arr.size} values for shape {shape}")
-        inputs[name] = arr.reshape(shape)
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise OIPError(400, "'parameters' must be a JSON object")
-    binary_default = bool(params.get("binary_data_output", False))
+    for t in doc.inputs:
+        if t.name in inputs:
+            raise OIPError(400, f"input {t.name!r} given twice")
+        inputs[t.name], used = _decode_tensor(t, binary[offset:], len(head))
+        offset += used
+    if offset != len(binary):
+        raise OIPError(400, f"{len(binary) - offset} bytes of binary data follow the last binary input")
+    params = doc.parameters or RequestParameters()
     outputs = None
-    if isinstance(doc.get("outputs"), list):
+    if doc.outputs is not None:
         outputs = {}
-        for o in doc["outputs"]:
-            o = _as_dict(o, "outputs[]")
-            op = o.get("parameters") or {}
-            outputs[str(o.get("name"))] = bool(op.get("binary_data", binary_default))
-    rid = doc.get("id")
-    return InferRequest(inputs, str(rid) if rid is not None else None, params, outputs, binary_default)
+        for o in doc.outputs:
+            wants = o.parameters.binary_data if o.parameters else None
+            outputs[o.name] = params.binary_data_output if wants is None else wants
+    return InferRequest(inputs, doc.id, params.model_dump(), outputs, params.binary_data_output)
+
+
+def _parse_json(head: memoryview) -> Any:
+    try:
+        return json.loads(bytes(head))
+    except RecursionError:
+        raise OIPError(400, "request JSON is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise OIPError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
+
+
+def _validated(raw: Any) -> InferRequestDoc:
+    if not isinstance(raw, dict):
+        raise OIPError(400, "the request must be a JSON object with an 'inputs' list")
+    try:
+        return InferRequestDoc.model_validate(raw)
+    except ValidationError as e:
+        # Location and rule only: echoing the offending value could echo megabytes.
+        errors = e.errors(include_url=False, include_input=False, include_context=False)
+        parts = [f"{'.'.join(map(str, err['loc'])) or 'request'}: {err['msg']}" for err in errors[:3]]
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise OIPError(400, "invalid inference request: " + "; ".join(parts) + more) from None
+
+
+def _decode_tensor(t: InputTensor, binary: memoryview, json_bytes: int) -> tuple[np.ndarray, int]:
+    """One input as an array of its shape, and how many bytes of `binary` it took."""
+    what = f"input {t.name!r}"
+    dtype = np.dtype(DATATYPE_TO_NUMPY[t.datatype])
+    count = math.prod(t.shape)  # Python ints: np.prod wraps [2**62, 4] to 0
+    nbytes = t.parameters.binary_data_size if t.parameters else None
+    if nbytes is not None:
+        if t.data is not None:
+            raise OIPError(400, f"{what} has both 'data' and binary_data_size")
+        if nbytes != count * dtype.itemsize:
+            raise OIPError(
+                400, f"{what}: binary_data_size {nbytes} != {count} elements x {dtype.itemsize} bytes"
+            )
+        if nbytes > len(binary):
+            raise OIPError(400, f"{what}: binary data is truncated ({len(binary)} of {nbytes} bytes left)")
+        if dtype.kind == "b":  # any non-zero byte is true; never reinterpret arbitrary bytes as bool
+            flat = np.frombuffer(binary[:nbytes], dtype=np.uint8) != 0
+        else:
+            flat = np.frombuffer(binary[:nbytes], dtype=dtype.newbyteorder("<"))
+        used = nbytes
+    else:
+        if t.data is None:
+            raise OIPError(400, f"{what} has no data")
+        if count > json_bytes:  # each JSON value takes at least one byte
+            raise OIPError(400, f"{what}: shape {t.shape} has {count} elements, more than the request holds")
+        flat, used = from_json_data(t.data, dtype, count, what), 0
+    try:
+        return flat.reshape(t.shape), used
+    except ValueError:  # a zero-size shape whose other dims overflow numpy's size
+        raise OIPError(400, f"{what}: shape {t.shape} is too large for an array") from None
 
 
 def _append_tensor(
@@ -141,7 +201,7 @@ def _append_tensor(
         item["parameters"] = {"binary_data_size": len(raw)}
         blobs.append(raw)
     else:
-        item["data"] = arr.ravel().tolist()
+        item["data"] = to_json_list(arr)
     items.append(item)
 
 
@@ -173,7 +233,7 @@ def encode_response(
         doc["id"] = request.id
     if parameters:
         doc["parameters"] = parameters
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return head, None
     return head + b"".join(blobs), len(head)
@@ -192,7 +252,7 @@ def encode_request(
         doc["id"] = request_id
     if binary:
         doc["parameters"] = {"binary_data_output": True}
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     return (head + b"".join(blobs), len(head)) if binary else (head, None)
 
 

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 from agent import fallback as fb
+from agent.config import DEFAULTS, admin_token
 from agent.engine import Engine
 from agent.models import ModelRegistry, load_model
 from agent.server import build_app
+from edgekit.config import load_config
 from edgekit.errors import ConfigError
 from edgekit.modelcard import ModelCard
 
@@ -38,6 +40,13 @@ def build_engine(paths: list[Path], names: list[str] | None, version: str, threa
     return Engine(registry, default_policy=fb.Policy(mode=fb.LOCAL_ONLY))
 
 
+def _admin_token_from_env() -> str | None:
+    # `edgekit serve` has no config file: the agent's [server] keys come from the environment
+    # (EDGEKIT_SERVER__ADMIN_TOKEN or EDGEKIT_SERVER__ADMIN_TOKEN_FILE), one spelling for both.
+    cfg = load_config(None, {"server": DEFAULTS["server"]})
+    return admin_token(cfg["server"])
+
+
 def serve_files(
     paths: list[Path],
     *,
@@ -51,6 +60,6 @@ def serve_files(
     import uvicorn
 
     engine = build_engine(paths, names, version, threads)
-    app = build_app(engine, max_body=max_body)
+    app = build_app(engine, max_body=max_body, admin_token=_admin_token_from_env())
     print(f"edgekit serve: {', '.join(engine.registry.names())} on http://{host}:{port}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")

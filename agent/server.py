@@ -1,8 +1,13 @@
 """Open Inference Protocol (KServe V2 REST) server: Starlette app + uvicorn runner.
 
 Every error leaves as an OIP error body `{"error": "..."}` with a status code that says whose
-fault it is (400 bad tensor, 404 unknown model, 413 too big, 503 cloud/local unavailable);
-unexpected exceptions become a one-line 500, never a traceback.
+fault it is (400 bad tensor, 401/403 admin token, 404 unknown model, 413 too big, 503
+cloud/local unavailable). Bad input is always a 4xx; an unexpected exception is a one-line 500
+and one log line, never a traceback (that goes to DEBUG). A client that hangs up mid-upload is
+counted (`edgekit_agent_aborted_requests_total`) and logged at DEBUG only: it is not our error.
+
+Inference, health, metadata and /metrics are open (the KServe norm); the repository routes
+(index, load, unload) need the admin bearer token: see agent/admin_auth.py.
 """
 
 from __future__ import annotations
@@ -11,37 +16,42 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent import __version__ as agent_version
+from agent.admin_auth import AdminAuthError, check_admin
 from agent.engine import Engine
-from agent.oip import HEADER_LENGTH, OIPError, decode_request, encode_response
+from agent.oip import HEADER_LENGTH, OIPError, decode_request, encode_response, parse_header_length
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 << 20
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or OIPError(413/400); ClientDisconnect when the client hangs up mid-body."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise OIPError(413, f"request body of {int(declared)} bytes exceeds the {limit}-byte limit")
-        except ValueError:
-            raise OIPError(400, "invalid Content-Length") from None
+        if not (declared.isascii() and declared.isdigit()):
+            raise OIPError(400, "invalid Content-Length")
+        if len(declared) > 19 or int(declared) > limit:
+            raise OIPError(413, f"request body of {declared[:20]} bytes exceeds the {limit}-byte limit")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -52,6 +62,27 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _infer_body(
+    engine: Engine, name: str, body: bytes, header_length: int | None
+) -> tuple[bytes, int | None]:
+    """Decode, infer, encode: one thread-pool hop, and the event loop never parses a large body."""
+    try:
+        req = decode_request(body, header_length)
+    except OIPError as e:
+        engine.metrics.requests.inc(name, "none", f"error_{e.status}")  # the engine counts the rest
+        raise
+    result = engine.infer(name, req.inputs)
+    return encode_response(
+        name, result.model_version, result.outputs, request=req, parameters=result.parameters()
+    )
+
+
+def _internal(what: str, e: BaseException) -> JSONResponse:
+    log.error("%s failed: %s: %s", what, type(e).__name__, e)
+    log.debug("%s failed", what, exc_info=e)
+    return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+
 def build_app(
     engine: Engine,
     *,
@@ -59,7 +90,10 @@ def build_app(
     is_ready: Callable[[], bool] | None = None,
     status: Callable[[], dict[str, Any]] | None = None,
     metrics: bool = True,
-) -> Starlette:
+    admin_token: str | None = None,
+) -> ASGIApp:
+    """The agent's OIP app. `admin_token` guards the repository routes; None disables them."""
+
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})
 
@@ -96,33 +130,63 @@ def build_app(
             return _error(404, f"unknown model {name!r}")
         try:
             body = await _read_body(request, max_body)
-            h = request.headers.get(HEADER_LENGTH)
-            try:
-                hlen = int(h) if h is not None else None
-            except ValueError:
-                raise OIPError(400, f"invalid {HEADER_LENGTH} header {h!r}") from None
-            req = decode_request(body, hlen)
-            result = await run_in_threadpool(engine.infer, name, req.inputs)
-            out, out_hlen = encode_response(
-                name, result.model_version, result.outputs, request=req, parameters=result.parameters()
-            )
+            hlen = parse_header_length(request.headers.get(HEADER_LENGTH))
+            out, out_hlen = await run_in_threadpool(_infer_body, engine, name, body, hlen)
+        except ClientDisconnect:
+            # Nobody is left to answer; a flood of these must not flood the log either.
+            engine.metrics.aborted_requests.inc()
+            log.debug("client closed the connection before sending the body of a %s request", name)
+            return Response(status_code=400)
         except OIPError as e:
             return _error(e.status, e.message)
         except Exception as e:  # the contract: an OIP error body, never a traceback
-            log.exception("inference on %s failed", name)
-            return _error(500, f"internal error: {type(e).__name__}: {e}")
+            return _internal(f"inference on {name}", e)
         if out_hlen is None:
             return Response(out, media_type="application/json")
         return Response(out, media_type="application/octet-stream", headers={HEADER_LENGTH: str(out_hlen)})
 
-    async def unload(request: Request) -> Response:
-        # Triton's model-repository extension: stop serving a model locally (requests then follow
-        # the model's fallback policy). The store is untouched: a restart or an update loads it again.
+    def admin(handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            try:
+                check_admin(request.headers.get("authorization"), admin_token)
+            except AdminAuthError as e:
+                log.warning("refused %s %s: %s", request.method, request.url.path, e.message)
+                return _error(e.status, e.message, e.headers())
+            return await handler(request)
+
+        return guarded
+
+    async def repository_index(request: Request) -> Response:
+        loaded = [{"name": m.name, "version": m.version, "state": "READY"} for m in engine.registry.all()]
+        unloaded = [
+            {"name": n, "state": "UNAVAILABLE", "reason": "unloaded"} for n in engine.registry.unloaded()
+        ]
+        return JSONResponse(sorted(loaded, key=lambda m: m["name"]) + unloaded)
+
+    async def load(request: Request) -> Response:
+        # Triton's repository extension: serve an unloaded model again, from the same file.
         name = request.path_params["name"]
-        if engine.registry.remove(name) is None:
+        try:
+            model = await run_in_threadpool(engine.registry.reload, name)
+        except Exception as e:  # the file went away or no longer opens: say so, keep serving the rest
+            log.warning("model %s could not be loaded again: %s: %s", name, type(e).__name__, e)
+            return _error(409, f"model {name!r} cannot be loaded again: {type(e).__name__}: {e}")
+        if model is None:
+            return _error(404, f"model {name!r} was never unloaded here (updates load models)")
+        log.warning("model %s loaded on request", name)
+        return JSONResponse({})
+
+    async def unload(request: Request) -> Response:
+        # Stop serving a model locally (requests then follow its fallback policy). The store is
+        # untouched: `load`, a restart or an update brings it back.
+        name = request.path_params["name"]
+        if engine.registry.unload(name) is None:
             return _error(404, f"model {name!r} is not loaded")
         log.warning("model %s unloaded on request", name)
         return JSONResponse({})
+
+    async def repository_unknown(request: Request) -> Response:
+        return _error(404, f"no repository route {request.method} {request.url.path}")
 
     async def metrics_endpoint(request: Request) -> Response:
         return PlainTextResponse(engine.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -147,21 +211,41 @@ def build_app(
         Route("/v2/models/{name}/versions/{version}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
-        Route("/v2/repository/models/{name}/unload", unload, methods=["POST"]),
+        Route("/v2/repository/index", admin(repository_index), methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", admin(load), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", admin(unload), methods=["POST"]),
+        # Any other repository path is refused before it is even looked up.
+        Route("/v2/repository/{rest:path}", admin(repository_unknown), methods=_ANY_METHOD),
         Route("/agent/status", agent_status),
     ]
     if metrics:
         routes.append(Route("/metrics", metrics_endpoint))
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: any_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: any_error})
+    return _OneLineErrors(app)
+
+
+class _OneLineErrors:
+    """Starlette answers an unhandled exception with our 500 body, then re-raises it so the server
+    can log it, and uvicorn logs a traceback. Stop it here: one line, the traceback at DEBUG."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as e:
+            log.error("%s %s failed: %s: %s", scope.get("method"), scope.get("path"), type(e).__name__, e)
+            log.debug("unhandled exception", exc_info=e)
 
 
 def _cloud_metadata(engine: Engine, name: str) -> dict[str, Any] | None:
     assert engine.cloud is not None
     try:
         r = engine.cloud._client.get(f"{engine.cloud.url}/v2/models/{name}")
-    except Exception:
+        return r.json() if r.status_code == 200 else None
+    except Exception:  # unreachable, or a 200 that is not JSON: the model is unknown to us
         return None
-    return r.json() if r.status_code == 200 else None
 
 
 class ServerThread:

@@ -101,6 +101,15 @@ class StateStore:
     def last_accepted_sequence(self, model: str) -> int:
         return self.get(model).sequence
 
+    def max_sequence(self) -> int:
+        """The newest sequence any model's state records, -1 if none.
+
+        A manifest's acceptance is made durable by the very write that moves its model to
+        `downloading` (the state carries its sequence): one atomic rename, so no power loss can
+        record the sequence without the update it belongs to, which a restart would then refuse
+        as a replay of itself. The replay floor after a restart is therefore this maximum."""
+        return max((st.sequence for st in self.all()), default=-1)
+
 
 def resume_action(st: ModelState) -> str | None:
     """What a restart must do for a model found in `st`: None, "resume" or "rollback"."""

@@ -2,7 +2,8 @@
 
 Layout under `root`:
   blobs/<sha256><ext>          verified artifacts, immutable, named by their digest
-  incoming/<sha256><ext>.part  downloads in progress (never loaded)
+  incoming/<sha256><ext>.part  downloads in progress (never loaded); at most one per artifact,
+                               and failed ones are capped (prune_parts) so they cannot pile up
   models/<name>/pointer.json   {"active": entry, "previous": entry}; replaced atomically
 
 A blob only enters `blobs/` after its size and sha256 were checked, so whatever a pointer names
@@ -12,25 +13,34 @@ new pointer, never a mix. The previous entry is kept so rollback is one more poi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.durable import atomic_write_json, fsync_dir, read_json
+from edgekit.trust.artifact import sha256_file
 
-CHUNK = 1 << 20
+__all__ = ["KEEP_FAILED_PARTS", "Entry", "ModelStore", "parts_to_drop", "sha256_file"]
+
+# Partial downloads no update in progress wants that are kept, newest first. One lets the next
+# manifest for the same artifact (a fleet re-issuing a release after a network failure) resume;
+# every older one is dead weight on a small disk.
+KEEP_FAILED_PARTS = 1
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def _digest_of(file_name: str) -> str:
+    return file_name.split(".")[0]
+
+
+def parts_to_drop(parts: Iterable[tuple[str, float]], keep: set[str], keep_failed: int) -> list[str]:
+    """Which `.part` files (name, mtime) to delete: those whose digest is not in `keep`,
+    beyond the `keep_failed` most recently written."""
+    stale = sorted((p for p in parts if _digest_of(p[0]) not in keep), key=lambda p: p[1], reverse=True)
+    return [name for name, _ in stale[keep_failed:]]
 
 
 @dataclass
@@ -137,6 +147,19 @@ class ModelStore:
             )
             return previous
 
+    def prune_parts(self, keep: set[str], keep_failed: int = KEEP_FAILED_PARTS) -> list[Path]:
+        """Bound partial downloads: keep those of `keep` digests plus `keep_failed` others."""
+        parts = []
+        for p in self.incoming.iterdir():
+            try:
+                parts.append((p.name, p.stat().st_mtime))
+            except FileNotFoundError:
+                continue
+        removed = [self.incoming / name for name in parts_to_drop(parts, keep, keep_failed)]
+        for p in removed:
+            p.unlink(missing_ok=True)
+        return removed
+
     def gc(self, keep: set[str] | None = None) -> list[Path]:
         """Delete blobs no pointer names (and stale parts not in `keep`)."""
         referenced = set(keep or ())
@@ -146,7 +169,7 @@ class ModelStore:
                     referenced.add(e.sha256)
         removed = []
         for p in [*self.blobs.iterdir(), *self.incoming.iterdir()]:
-            if p.name.split(".")[0] not in referenced:
+            if _digest_of(p.name) not in referenced:
                 p.unlink(missing_ok=True)
                 removed.append(p)
         return removed

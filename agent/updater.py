@@ -7,6 +7,13 @@ reference swap) after its bytes, its load and its golden smoke test all passed.
 Sequences are per device (one verifier): a manifest is acted on once. The retained `desired`
 message comes back after every reconnect or restart; a replay of the very manifest the state
 file is working on resumes it (signature still checked), a replay of a finished one is ignored.
+Accepting a manifest and entering `downloading` are one atomic state write (see
+StateStore.max_sequence): a power cut can lose both, never just the update.
+
+One worker thread applies updates in order, but a download never holds it hostage: downloads
+are bounded (agent.download_limits), and a newer verified manifest arriving meanwhile cancels
+the one in flight (its update ends `superseded`), since `desired` holds one manifest and the
+older one could never be accepted again anyway.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ from typing import Any
 from urllib.parse import urljoin
 
 from agent import state as S
-from agent.download import DownloadError, download
+from agent.download import UNREACHABLE, DownloadError, download
+from agent.download_limits import CANCELLED
 from agent.durable import atomic_write_json, read_json
+from agent.faults import crash_point
 from agent.metrics import Metrics
 from agent.models import LoadedModel, ModelRegistry, load_model
 from agent.state import ModelState, StateStore
@@ -48,10 +57,22 @@ log = logging.getLogger(__name__)
 Reporter = Callable[[dict[str, Any]], None]
 
 
+SUPERSEDED = "superseded"
+
+
 class UpdateFailed(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+class _Interrupted(Exception):
+    """The agent is stopping: leave the update in its durable state, the next start resumes it."""
+
+
+def _update_reason(download_reason: str) -> str:
+    """What a failed download is reported as (a cancelled one was replaced by a newer manifest)."""
+    return {UNREACHABLE: "download", CANCELLED: SUPERSEDED}.get(download_reason, download_reason)
 
 
 def _file_type(art) -> str:
@@ -111,12 +132,16 @@ class Updater:
                     root = newer
             except VerificationError as e:
                 log.warning("ignoring persisted root: %s", e)
-        self.verifier = ManifestVerifier(
-            root, fleet, device, last_sequence=int(saved.get("last_sequence", -1))
-        )
+        # trust.json's last_sequence is only a floor kept for agents upgraded from a version that
+        # wrote it before the state: the state files are where acceptance is recorded.
+        last_sequence = max(int(saved.get("last_sequence", -1)), self.states.max_sequence())
+        self.verifier = ManifestVerifier(root, fleet, device, last_sequence=last_sequence)
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.busy = threading.Event()
+        # Set to stop the current job's download: by a newer manifest (submit) or by stop().
+        self._job_cancel: threading.Event | None = None
+        self._stopping = False
 
     # worker ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -125,12 +150,33 @@ class Updater:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping = True
         self._queue.put(None)
+        job = self._job_cancel
+        if job is not None:
+            job.set()  # a long download must not delay shutdown; it resumes at the next start
         if self._thread:
             self._thread.join(timeout=30)
 
     def submit(self, payload: bytes) -> None:
         self._queue.put(("manifest", payload))
+        job = self._job_cancel
+        if job is not None and self._supersedes(payload):
+            log.info("a newer manifest arrived: cancelling the update in progress")
+            job.set()
+
+    def _supersedes(self, payload: bytes) -> bool:
+        """Would the worker act on `payload`? Checked here, on the receiving thread, so only a
+        validly signed, newer manifest for this device may cancel work in progress; a replay
+        (the retained copy redelivered on reconnect) or a forgery never does. Verification only
+        reads the verifier; the worker thread repeats it before acting."""
+        if not payload:
+            return False
+        try:
+            self.verifier.verify(payload)
+        except Exception:  # any refusal (named or not) is the worker's to report, not ours
+            return False
+        return True
 
     def submit_roots(self, payload: bytes) -> None:
         self._queue.put(("roots", payload))
@@ -145,6 +191,9 @@ class Updater:
                 if item is None:
                     return
                 kind, payload = item
+                self._job_cancel = threading.Event()
+                if self._stopping:
+                    self._job_cancel.set()
                 self.busy.set()
                 if kind == "recover":
                     self.recover()
@@ -152,9 +201,12 @@ class Updater:
                     self.handle_roots(payload)
                 else:
                     self.handle(payload)
+            except _Interrupted:
+                log.info("update interrupted by shutdown; it resumes at the next start")
             except Exception:  # the worker must survive anything a message can do
                 log.exception("update worker error")
             finally:
+                self._job_cancel = None
                 self.busy.clear()
                 self._queue.task_done()
 
@@ -271,12 +323,13 @@ class Updater:
             )
             return f"refused:{e.reason}"
         self.verifier.accept(m)
-        self._persist_trust()  # before acting on it: a replay after a crash is recognized as such
         st = self.states.get(m.model)
         if st.state in S.IN_PROGRESS or st.state == S.FAILED:
             # A newer manifest supersedes an interrupted one: close the old attempt cleanly.
-            self._fail_and_rollback(m.model, "superseded", f"sequence {m.sequence} replaced {st.sequence}")
+            self._fail_and_rollback(m.model, SUPERSEDED, f"sequence {m.sequence} replaced {st.sequence}")
+        # This one write records both the accepted sequence and the update it starts.
         self._go(m.model, S.DOWNLOADING, version=m.version, sequence=m.sequence, manifest=m.envelope)
+        crash_point("after_sequence_persist")
         return self._apply(m)
 
     def _on_repeat(self, payload: bytes, resume: bool) -> str | None:
@@ -376,6 +429,8 @@ class Updater:
             self._go(name, S.ACTIVE)
             self.store.gc(keep=self._in_progress_digests())
             return "active"
+        except _Interrupted:
+            raise  # not a failure: the durable state stays as it is, for the next start
         except UpdateFailed as e:
             self._fail_and_rollback(name, e.reason, e.detail)
             return f"rolled_back:{e.reason}"
@@ -402,10 +457,14 @@ class Updater:
                 self.store.part_path(art.sha256, _file_type(art)),
                 size=art.size,
                 sha256=art.sha256,
+                cancel=self._job_cancel,
                 **self.download_opts,
             )
         except DownloadError as e:
-            raise UpdateFailed(e.reason if e.reason != "unreachable" else "download", str(e)) from e
+            if e.reason == CANCELLED and self._stopping:
+                raise _Interrupted(str(e)) from None
+            detail = "a newer manifest arrived during the download" if e.reason == CANCELLED else str(e)
+            raise UpdateFailed(_update_reason(e.reason), detail) from None
 
     def _load(self, m: Manifest, art) -> LoadedModel:
         try:
@@ -459,6 +518,7 @@ class Updater:
         self._ensure_loaded(name, active)
         if st.state == S.FAILED:
             self._go(name, S.ROLLED_BACK, reason=st.reason, detail=st.detail)
+        self.store.prune_parts(keep=self._in_progress_digests())
 
     def _ensure_loaded(self, name: str, entry: Entry | None) -> None:
         current = self.registry.get(name)

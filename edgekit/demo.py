@@ -1,7 +1,8 @@
 """`edgekit demo`: the whole path on embedded defaults, in one process tree cleaned up on exit.
 
 convert (int8 for the edge, fp32 for the cloud) -> fleet server (embedded broker, SQLite, artifact
-HTTP) + cloud endpoint (`edgekit serve`) -> 3 agents -> publish + 2-wave rollout -> inference on
+HTTP) + cloud endpoint (`edgekit serve`) -> 3 agents, each enrolled by the demo itself
+(`edgekit fleet devices enroll`: the broker admits no one else) -> publish + 2-wave rollout -> inference on
 every agent (local), then forced fallbacks (a low-confidence input; an agent whose local model was
 unloaded) answered by the cloud -> summary. Every step is checked; the exit code is 0 only if
 every step really happened.
@@ -10,6 +11,7 @@ every step really happened.
 from __future__ import annotations
 
 import json
+import secrets
 import statistics
 import tempfile
 import time
@@ -24,7 +26,15 @@ from rich.live import Live
 from rich.table import Table
 
 from edgekit.errors import EdgekitError
-from edgekit.launch import ProcessGroup, agent_service, cloud_service, fleet_service, free_ports, run_cli
+from edgekit.launch import (
+    ProcessGroup,
+    agent_service,
+    cloud_service,
+    enrol,
+    fleet_service,
+    free_ports,
+    run_cli,
+)
 
 FLEET = "demo"
 MODEL = "digits"
@@ -143,17 +153,20 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         console.print(f"  fleet: mqtt 127.0.0.1:{b_port} (embedded), artifacts :{h_port}, admin :{a_port}")
         console.print(f"  cloud: http://127.0.0.1:{c_port} (edgekit serve, fp32)")
 
-        # 3. three agents, each with its own state directory and labels, enrolled with root.json.
+        # 3. three agents, each with its own state directory and labels, and its own enrolment
+        # bundle (MQTT credentials + root.json): the embedded broker admits no one else.
         console.rule("3. agents")
-        root = work / "fleet" / "root.json"
         agents = []
+        agent_admin_token = secrets.token_urlsafe(24)  # step 5 unloads a model: a repository route
         for (device, labels), port in zip(AGENTS, agent_ports, strict=True):
+            bundle = enrol(fleet_toml, device, work / "agents" / f"{device}.enrolment")
+            console.print(f"  {device}: enrolled (bundle {bundle})")
             svc, _ = agent_service(
                 work / "agents" / device,
                 logs,
                 device=device,
                 fleet=FLEET,
-                root=root,
+                enrolment=bundle,
                 broker_port=b_port,
                 server_port=port,
                 cloud_url=f"http://127.0.0.1:{c_port}",
@@ -161,6 +174,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
                 models={MODEL: {"policy": "local-first", "confidence_threshold": CONFIDENCE}},
                 heartbeat_s=2.0,
                 formats=[EDGE_ARTIFACT, "onnx"],  # int8 when offered, fp32 otherwise
+                extra={"server": {"admin_token": agent_admin_token}},
             )
             agents.append((device, port, group.add(svc)))
         for device, port, svc in agents:
@@ -262,7 +276,10 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         stats[dev0].fallbacks["low_confidence"] = stats[dev0].fallbacks.get("low_confidence", 0) + 1
 
         dev2, port2, _ = agents[2]
-        r = client.post(f"http://127.0.0.1:{port2}/v2/repository/models/{MODEL}/unload")
+        r = client.post(
+            f"http://127.0.0.1:{port2}/v2/repository/models/{MODEL}/unload",
+            headers={"Authorization": f"Bearer {agent_admin_token}"},
+        )
         _check(r.status_code == 200, f"{dev2} unloaded its local model")
         for i in range(5):
             body, ms = infer(client, port2, x[i : i + 1])

@@ -98,10 +98,19 @@ _PASSES_TF = (
     "decompose-Sinh",
     "decompose-Cosh",
     "decompose-Tan",
+    "decompose-IsInf",
     "decompose-Erf",  # a BERT encoder's erf GELU came out FlexErf (LiteRT cannot run Flex ops)
     "expand-DepthToSpace",
     "expand-SpaceToDepth",
     "expand-CastLike",  # onnx2tf has no CastLike converter
+    "expand-LayerNormalization",
+    "expand-ReduceLogSumExp",
+    "expand-ReduceLogSum",
+    "expand-Softsign",
+    "expand-BlackmanWindow",
+    "expand-HammingWindow",
+    "expand-HannWindow",
+    "expand-CenterCropPad",
     *_PASSES_TAIL,
 )
 _PASSES: dict[str, tuple[str, ...]] = {
@@ -114,6 +123,17 @@ _PASSES: dict[str, tuple[str, ...]] = {
         # measured on ONNX's node tests through onnx2torch 1.5 + coremltools 9 (no converter before)
         "expand-SoftmaxCrossEntropyLoss",
         "expand-NegativeLogLikelihoodLoss",
+        "expand-Attention",
+        "expand-RotaryEmbedding",
+        "expand-AffineGrid",
+        "expand-CenterCropPad",
+        "expand-DynamicQuantizeLinear",
+        "expand-Selu",
+        "expand-Shrink",
+        "expand-ThresholdedRelu",
+        "expand-ReduceLogSum",
+        "expand-SpaceToDepth",
+        "expand-DepthToSpace",
         "expand-SwiGLU",
         "expand-Swish",
         "expand-Mish",
@@ -127,6 +147,7 @@ _PASSES: dict[str, tuple[str, ...]] = {
         "expand-ReduceSumSquare",
         "expand-CastLike",
         "decompose-Atanh",
+        "decompose-IsInf",
         # these need Greater/Less, which the coreml worker maps to torch.gt/torch.lt (coremltools
         # has no aten::greater/less)
         "decompose-Acosh",

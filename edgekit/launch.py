@@ -203,13 +203,24 @@ def fleet_service(
     return Service("fleet", [*EDGEKIT, "fleet", "serve", "--config", str(path)], log_dir, ready), path
 
 
+def enrol(fleet_toml: Path, device: str, out: Path) -> Path:
+    """`edgekit fleet devices enroll`: the device's bundle (MQTT credentials, root.json, broker
+    URL) in `out`, for `agent_service(enrolment=out)`."""
+    proc = run_cli(
+        "fleet", "devices", "enroll", device, "--out", str(out), "--config", str(fleet_toml), timeout=120
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"enrolling {device} failed:\n{proc.stderr[-2000:]}")
+    return out
+
+
 def agent_service(
     data_dir: Path,
     log_dir: Path,
     *,
     device: str,
     fleet: str,
-    root: Path,
+    root: Path | None = None,
     broker_port: int,
     server_port: int,
     cloud_url: str = "",
@@ -219,13 +230,16 @@ def agent_service(
     heartbeat_s: float = 5.0,
     extra: dict[str, dict[str, Any]] | None = None,
     formats: list[str] | None = None,
+    enrolment: Path | None = None,
 ) -> tuple[Service, Path]:
+    """An agent enrolled with `root` (and `mqtt` credentials), or with an enrolment bundle."""
     cfg: dict[str, Any] = {
         "agent": {
             "device": device,
             "fleet": fleet,
             "data_dir": str(data_dir),
-            "root": str(root),
+            **({"root": str(root)} if root else {}),
+            **({"enrolment": str(enrolment)} if enrolment else {}),
             "formats": formats or ["onnx"],  # artifact keys in preference order, e.g. "onnx-int8-static"
             "heartbeat_s": heartbeat_s,
             "labels": labels or {},

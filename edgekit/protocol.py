@@ -20,9 +20,21 @@ desired (server -> device, retained, QoS 1): a signed manifest envelope
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, field
+from typing import Annotated, Literal, TypeVar
 
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.dataclasses import dataclass
+
+from edgekit import boundedjson, topics
 from edgekit.trust.timeutil import iso, utcnow
 
 STATES = (
@@ -37,99 +49,122 @@ STATES = (
 )
 IN_PROGRESS = frozenset({"downloading", "verifying", "staged", "smoke_tested"})
 TERMINAL = frozenset({"active", "failed", "rolled_back"})
+# Bounds of the wire format. Sequences are SQLite INTEGERs on the server (int64), so the largest
+# one is 2**63-1. Size and depth are checked on the raw bytes, before any JSON parsing.
+MAX_SEQUENCE = 2**63 - 1
 MAX_MESSAGE_BYTES = 64 * 1024
+MAX_DEPTH = 16  # the schema nests 2 levels; the rest is room for forward-compatible extra keys
+MAX_LABELS = 64
+
+# Named refusals (ProtocolError.reason): logs, counters and tests use these strings.
+TOO_LARGE, TOO_DEEP, NOT_JSON = boundedjson.TOO_LARGE, boundedjson.TOO_DEEP, boundedjson.NOT_JSON
+NOT_OBJECT = "not_object"
+INVALID_DEVICE_ID = "invalid_device_id"
+INVALID_STATUS, INVALID_ONLINE = "invalid_status", "invalid_online"
+DEVICE_MISMATCH = "device_mismatch"
 
 
 class ProtocolError(ValueError):
-    """A status/online message that does not follow the schema."""
+    """A status/online message that does not follow the schema; `reason` names the broken rule."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
 
 
-def _labels(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ProtocolError("labels must be an object of string -> string")
-    return dict(value)
+def _check_device_id(value: str) -> str:
+    if not topics.valid_name(value):
+        raise ValueError("not a valid device id (letters, digits and . _ : @ -, at most 128)")
+    return value
 
 
-def _loads(raw: bytes | str) -> dict[str, Any]:
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("message too large")
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise ProtocolError(f"not JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise ProtocolError("expected a JSON object")
-    return doc
+# No control characters in any string: they end up in log lines, tables and the CLI's output.
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+DeviceId = Annotated[str, Strict(), StringConstraints(max_length=128), AfterValidator(_check_device_id)]
+Name = Annotated[str, Strict(), StringConstraints(max_length=128, pattern=_PRINTABLE)]
+Text = Annotated[str, Strict(), StringConstraints(max_length=1024, pattern=_PRINTABLE)]
+LabelKey = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
+LabelValue = Annotated[str, Strict(), StringConstraints(max_length=256, pattern=_PRINTABLE)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
+Sequence = Annotated[int, Strict(), Field(ge=0, le=MAX_SEQUENCE)]
+Timestamp = Annotated[str, Strict(), StringConstraints(max_length=64, pattern=_PRINTABLE)]
+
+# Unknown keys are ignored (agents add "detail", "heartbeat", "active_version", ...), so a newer
+# agent's report still reaches an older server.
+_WIRE = ConfigDict(extra="ignore")
 
 
-@dataclass
+def _now() -> str:
+    return iso(utcnow())
+
+
+@dataclass(config=_WIRE)
 class Status:
-    device: str
-    state: str
-    model: str | None = None
-    version: str | None = None
-    sequence: int | None = None
-    rollout: str | None = None
-    reason: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    ts: str = field(default_factory=lambda: iso(utcnow()))
+    device: DeviceId
+    state: Literal[STATES]  # type: ignore[valid-type]
+    model: Name | None = None
+    version: Name | None = None
+    sequence: Sequence | None = None
+    rollout: Name | None = None
+    reason: Text | None = None
+    labels: Labels = field(default_factory=dict)
+    ts: Timestamp = field(default_factory=_now)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Status:
-        d = _loads(raw)
-        if not isinstance(d.get("device"), str):
-            raise ProtocolError("status: 'device' must be a string")
-        if d.get("state") not in STATES:
-            raise ProtocolError(f"status: 'state' must be one of {', '.join(STATES)}")
-        seq = d.get("sequence")
-        if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
-            raise ProtocolError("status: 'sequence' must be an int or null")
-        for key in ("model", "version", "rollout", "reason", "ts"):
-            if d.get(key) is not None and not isinstance(d[key], str):
-                raise ProtocolError(f"status: {key!r} must be a string or null")
-        return cls(
-            device=d["device"],
-            state=d["state"],
-            model=d.get("model"),
-            version=d.get("version"),
-            sequence=seq,
-            rollout=d.get("rollout"),
-            reason=d.get("reason"),
-            labels=_labels(d.get("labels")),
-            ts=d.get("ts") or iso(utcnow()),
-        )
+        return _parse(_STATUS, raw, INVALID_STATUS)
 
 
-@dataclass
+@dataclass(config=_WIRE)
 class Online:
-    device: str
-    online: bool
-    labels: dict[str, str] = field(default_factory=dict)
-    agent_version: str | None = None
-    ts: str = field(default_factory=lambda: iso(utcnow()))
+    device: DeviceId
+    online: Annotated[bool, Strict()]
+    labels: Labels = field(default_factory=dict)
+    agent_version: Name | None = None
+    ts: Timestamp = field(default_factory=_now)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Online:
-        d = _loads(raw)
-        if not isinstance(d.get("device"), str) or not isinstance(d.get("online"), bool):
-            raise ProtocolError("online: needs 'device' (string) and 'online' (bool)")
-        return cls(
-            device=d["device"],
-            online=d["online"],
-            labels=_labels(d.get("labels")),
-            agent_version=d.get("agent_version") if isinstance(d.get("agent_version"), str) else None,
-            ts=d.get("ts") if isinstance(d.get("ts"), str) else iso(utcnow()),
+        return _parse(_ONLINE, raw, INVALID_ONLINE)
+
+
+_STATUS = TypeAdapter(Status)
+_ONLINE = TypeAdapter(Online)
+_M = TypeVar("_M")
+
+
+def _parse(adapter: TypeAdapter[_M], raw: bytes | str, invalid: str) -> _M:
+    try:
+        doc = boundedjson.loads(raw, MAX_MESSAGE_BYTES, MAX_DEPTH)
+    except boundedjson.JsonLimitError as e:
+        raise ProtocolError(e.reason, e.detail) from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(NOT_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+    # null means "not given" for the defaulted fields (an agent sends "labels": null, "ts": null).
+    doc = {k: v for k, v in doc.items() if not (v is None and k in ("labels", "ts"))}
+    try:
+        return adapter.validate_python(doc)
+    except ValidationError as e:
+        raise ProtocolError(invalid, describe(e)) from None
+
+
+def describe(e: ValidationError, limit: int = 3) -> str:
+    """The first few schema violations as one line, without echoing the offending values
+    (attacker-chosen bytes stay out of the logs; the field path says enough)."""
+    parts = []
+    for err in e.errors(include_url=False, include_input=False)[:limit]:
+        where = ".".join(
+            repr(p)[:40] if not isinstance(p, str) or not p.isidentifier() else p for p in err["loc"]
         )
+        parts.append(f"{where or 'message'}: {err['msg']}")
+    more = e.error_count() - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
 def last_will(device: str) -> bytes:

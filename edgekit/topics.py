@@ -16,13 +16,19 @@ import re
 
 PREFIX = "edgekit"
 DESIRED, STATUS, ONLINE = "desired", "status", "online"
-_LEVEL = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+_LEVEL = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
+def valid_name(value: object) -> bool:
+    # fullmatch, not match with "$": "$" also matches before a trailing newline ("dev-1\n").
+    return isinstance(value, str) and _LEVEL.fullmatch(value) is not None
 
 
 def check_name(kind: str, value: str) -> str:
     """Refuse names that would break the topic tree (and the ACL patterns that rely on it)."""
-    if not _LEVEL.match(value):
-        raise ValueError(f"invalid {kind} {value!r}: use letters, digits and . _ : @ - (max 128)")
+    if not valid_name(value):
+        shown = repr(value)[:60] if isinstance(value, str) else type(value).__name__
+        raise ValueError(f"invalid {kind} {shown}: use letters, digits and . _ : @ - (max 128)")
     return value
 
 

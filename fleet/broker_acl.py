@@ -1,45 +1,30 @@
-"""amqtt plugins: username/password auth and the per-device topic ACL of docs/fleet.md.
+"""amqtt plugins: who may connect (fleet.broker.Identities) and the per-device topic rules
+(fleet.acl, the same table the Mosquitto ACL is rendered from).
 
-A device's username is its device id. It may subscribe to its own `desired` and the fleet's
-`roots`, and publish only on its own `status` and `online`. The server user may do anything.
-Note: MQTT 3.1.1 has no way to tell a client its publish was refused; the broker drops it.
+Note: MQTT 3.1.1 has no way to tell a client its publish was refused; the broker drops it. A
+refused subscription gets SUBACK 0x80.
 """
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
+from fleet.acl import Access, allowed
+
 
 class DeviceAuthPlugin(BaseAuthPlugin):
     @dataclass
     class Config:
-        users: dict[str, str] = field(default_factory=dict)
-        allow_anonymous: bool = True
+        identities: Any = None  # fleet.broker.Identities
 
     async def authenticate(self, *, session: Any) -> bool | None:
-        cfg = self.context.config
-        if cfg.allow_anonymous:
-            return True
-        user, password = session.username, session.password
-        expected = cfg.users.get(user or "")
-        if expected is None or password is None:
-            return False
-        return hmac.compare_digest(str(expected), str(password))
-
-
-def _matches(topic: str, pattern: str) -> bool:
-    t, p = topic.split("/"), pattern.split("/")
-    for i, level in enumerate(p):
-        if level == "#":
-            return True
-        if i >= len(t) or (level != "+" and level != t[i]):
-            return False
-    return len(t) == len(p)
+        # The broker already refused bad credentials at CONNECT (fleet.broker); checking again
+        # here keeps amqtt's own authentication step from ever letting a session through.
+        return bool(self.context.config.identities.check(session.username, session.password))
 
 
 class DeviceTopicPlugin(BaseTopicPlugin):
@@ -55,14 +40,5 @@ class DeviceTopicPlugin(BaseTopicPlugin):
         cfg = self.context.config
         if not cfg.enforce:
             return True
-        user = getattr(session, "username", None) or ""
-        if not topic:
-            return False
-        if cfg.server_user and user == cfg.server_user:
-            return True
-        base = f"edgekit/{cfg.fleet}"
-        if action == Action.PUBLISH:
-            allowed = [f"{base}/devices/{user}/status", f"{base}/devices/{user}/online"]
-        else:  # SUBSCRIBE / RECEIVE
-            allowed = [f"{base}/devices/{user}/desired", f"{base}/roots"]
-        return any(_matches(topic, a) for a in allowed)
+        access = Access.WRITE if action == Action.PUBLISH else Access.READ
+        return allowed(cfg.fleet, getattr(session, "username", None), cfg.server_user, topic, access)

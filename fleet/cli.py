@@ -24,8 +24,12 @@ keys_app = typer.Typer(help="Root and release keys (root.json).", no_args_is_hel
 rollout_app = typer.Typer(
     help="Staged rollouts: start, status, pause, resume, abort, cancel, list.", no_args_is_help=True
 )
+devices_app = typer.Typer(
+    help="Devices: list them (no subcommand), enroll (MQTT credentials + bundle), revoke."
+)
 fleet_app.add_typer(keys_app, name="keys")
 fleet_app.add_typer(rollout_app, name="rollout")
+fleet_app.add_typer(devices_app, name="devices")
 
 
 def register(app: typer.Typer) -> None:
@@ -181,13 +185,16 @@ def models(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
             typer.echo(f"{r['model']} {r['version']}")
 
 
-@fleet_app.command("devices")
+@devices_app.callback(invoke_without_command=True)
 def devices(
+    ctx: typer.Context,
     config: Path | None = ConfigOpt,
     selector: str = typer.Option("", "--selector", "-s", help="label=value[,label=value]"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Known devices: id, labels, online, model version, state."""
+    if ctx.invoked_subcommand is not None:
+        return
     from fleet.devices import parse_selector
 
     rows = _client(config).get("/api/devices")
@@ -212,6 +219,66 @@ def devices(
             f"{d['last_seen_s']}s",
         )
     Console().print(t)
+
+
+@devices_app.command("enroll")
+def devices_enroll(
+    device: str = typer.Argument(..., help="The device id (its MQTT username)."),
+    out: Path | None = typer.Option(None, "--out", help="Bundle directory (default ./<device>-enrolment)."),
+    broker_url: str | None = typer.Option(
+        None,
+        "--broker-url",
+        help="mqtt(s)://host:port devices use (default: broker.public_url in fleet.toml).",
+    ),
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """New MQTT credentials for DEVICE and its enrolment bundle: root.json, password, broker URL
+    (and CA with TLS). Point the agent at it with `enrolment = "DIR"` in agent.toml's agent
+    section. Enrolling a device again issues a new password; the old one stops working."""
+    from fleet.enrol import enrol_device
+
+    done = enrol_device(_cfg(config), device, out or Path(f"{device}-enrolment"), broker_url)
+    info = done.to_dict()
+    if as_json:
+        _print_json(info)
+        return
+    typer.echo(
+        f"{'re-enrolled' if done.re_enrolled else 'enrolled'} {device}: bundle {info['dir']}"
+        f" (broker {info['broker_url']}, root v{info['root_version']})"
+    )
+    if done.re_enrolled:
+        typer.echo("  the previous password no longer works: give the device the new bundle")
+    typer.echo(f'  on the device: [agent] enrolment = "{info["dir"]}" (keep mqtt.password 0600)')
+
+
+@devices_app.command("revoke")
+def devices_revoke(device: str, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+    """Delete DEVICE's MQTT credentials: its next connection is refused."""
+    from fleet.enrol import revoke_device
+    from fleet.errors import NotFoundError
+
+    if not revoke_device(_cfg(config), device):
+        raise NotFoundError(f"device {device!r} has no credentials")
+    _print_json({"device": device, "revoked": True}) if as_json else typer.echo(f"revoked {device}")
+
+
+@fleet_app.command("mosquitto-config")
+def mosquitto_config(
+    out: Path = typer.Option(..., "--out", help="Directory for acl, passwd and edgekit.conf."),
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Mosquitto's ACL and password file for the enrolled devices, and the settings to include
+    (no anonymous clients, client id = username). Re-run after enrolling, then reload Mosquitto."""
+    from fleet.mosquitto import write_config
+
+    info = write_config(_cfg(config), out)
+    if as_json:
+        _print_json(info)
+    else:
+        typer.echo(f"wrote {', '.join(info['files'])} to {info['dir']} ({info['devices']} device(s))")
+        typer.echo(f"  add to mosquitto.conf: include_dir {info['dir']}  (or copy edgekit.conf's lines)")
 
 
 # ---- rollouts --------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """fleet.toml: defaults, file, `EDGEKIT_<SECTION>__<KEY>` env overrides (edgekit.config).
 
 With no file at all `edgekit fleet serve` runs an embedded broker, SQLite and a local
-artifact directory under `state_dir`. Example for an external Mosquitto with mTLS:
+artifact directory under `state_dir`. The embedded broker admits only enrolled devices
+(`edgekit fleet devices enroll`) and the server's own user. Example for an external Mosquitto
+with mTLS:
 
     [server]
     fleet = "store-pcs"
@@ -13,9 +15,10 @@ artifact directory under `state_dir`. Example for an external Mosquitto with mTL
     username = "fleet-server"
     password = "..."            # or EDGEKIT_BROKER__PASSWORD in the environment
     tls = true
-    ca = "/etc/edgekit/ca.pem"
+    ca = "/etc/edgekit/ca.pem"             # also copied into every enrolment bundle
     cert = "/etc/edgekit/fleet-server.pem"   # client certificate (mTLS)
     key = "/etc/edgekit/fleet-server.key"
+    public_url = "mqtts://mqtt.example.com:8883"  # what enrolment bundles tell devices
     [http]
     host = "0.0.0.0"
     port = 8080
@@ -29,6 +32,8 @@ from typing import Any
 
 from edgekit.config import home, load_config
 
+SERVER_USER = "fleet-server"  # the server's MQTT username unless [broker] username says otherwise
+
 DEFAULTS: dict[str, Any] = {
     "server": {
         "fleet": "default",
@@ -41,14 +46,15 @@ DEFAULTS: dict[str, Any] = {
         "embedded": True,
         "host": "127.0.0.1",
         "port": 1883,
-        "username": "",
-        "password": "",
+        "username": "",  # the server's own MQTT user; empty: SERVER_USER
+        "password": "",  # empty with the embedded broker: a random one per start, never written
         "client_id": "",  # empty: edgekit-fleet-<fleet>
         "tls": False,
         "ca": "",
         "cert": "",
         "key": "",
-        "allow_anonymous": True,  # embedded broker only
+        "allow_anonymous": False,  # embedded broker only: true turns auth, ACLs and id binding off
+        "public_url": "",  # broker URL in enrolment bundles; empty: mqtt(s)://host:port
         "persistent_session": True,  # broker queues device reports while the server is down
     },
     "http": {"host": "127.0.0.1", "port": 8780, "public_url": ""},
@@ -69,3 +75,7 @@ def load(path: str | Path | None = None) -> dict[str, Any]:
 
 def state_dir(cfg: dict[str, Any]) -> Path:
     return Path(cfg["server"]["state_dir"]).expanduser()
+
+
+def server_user(cfg: dict[str, Any]) -> str:
+    return str(cfg["broker"]["username"] or SERVER_USER)

@@ -83,6 +83,24 @@ class Database:
                 except Exception:  # committed is committed; the hook's owner must cope
                     log.exception("after-commit hook failed")
 
+    @contextmanager
+    def savepoint(self) -> Iterator[sqlite3.Connection]:
+        """A unit inside the open transaction that rolls back alone: one bad message in a batch
+        loses only itself, never the other devices' reports (the batch still commits once)."""
+        with self.lock:
+            if not self.conn.in_transaction:
+                raise RuntimeError("savepoint() needs an open tx()")
+            hooks = len(self._after_commit)
+            self.conn.execute("SAVEPOINT unit")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK TO unit")
+                self.conn.execute("RELEASE unit")
+                del self._after_commit[hooks:]  # its side effects go with it
+                raise
+            self.conn.execute("RELEASE unit")
+
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run `fn` once the current transaction has committed (dropped if it rolls back);
         at once when no transaction is open. Hooks run under the lock, in commit order."""

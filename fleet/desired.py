@@ -10,9 +10,13 @@ the server keeps the signed bytes and publishes them again, byte-identical, when
 
 from __future__ import annotations
 
+import logging
 import time
 
+from edgekit import topics
 from fleet.db import Database
+
+log = logging.getLogger(__name__)
 
 
 class DesiredStore:
@@ -21,6 +25,7 @@ class DesiredStore:
 
     def put(self, device: str, payload: bytes, sequence: int | None = None) -> None:
         """Record what `desired` now holds for `device` (joins the caller's transaction)."""
+        topics.check_name("device id", device)  # a row that could never be published is never stored
         with self.db.tx() as c:
             c.execute(
                 "INSERT INTO desired (device, payload, sequence, updated) VALUES (?,?,?,?)"
@@ -34,5 +39,16 @@ class DesiredStore:
         return bytes(rows[0]["payload"]) if rows else None
 
     def all(self) -> list[tuple[str, bytes]]:
+        """Every stored row that can be published. A row whose device id the topic layer
+        refuses (stored by a version that did not validate ids) is skipped with a warning:
+        stored data never stops a server from starting."""
         rows = self.db.query("SELECT device, payload FROM desired ORDER BY device")
-        return [(r["device"], bytes(r["payload"])) for r in rows]
+        out = []
+        for r in rows:
+            if not topics.valid_name(r["device"]):
+                log.warning(
+                    "skipping the stored desired state of invalid device id %s", repr(r["device"])[:80]
+                )
+                continue
+            out.append((r["device"], bytes(r["payload"])))
+        return out

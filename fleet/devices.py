@@ -11,11 +11,15 @@ import sqlite3
 import time
 from typing import Any
 
+from edgekit import topics
 from edgekit.protocol import Online, Status
 from fleet.db import Database
 
 
 def _upsert(c: sqlite3.Connection, device: str) -> None:
+    # The one place a device row is created: an id the topic layer refuses is never stored
+    # (it could never be sent a manifest, and would stop every later start at resync).
+    topics.check_name("device id", device)
     c.execute("INSERT OR IGNORE INTO devices (id) VALUES (?)", (device,))
 
 

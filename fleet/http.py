@@ -4,7 +4,8 @@ Artifacts: GET /artifacts/{sha256} -> Starlette FileResponse, which under uvicor
 Range / If-Range / ETag, so an interrupted download resumes. Also GET /roots.json (the chain).
 
 Admin API (what `edgekit fleet ...` calls): bearer token from <state_dir>/admin.token (0600),
-bound to 127.0.0.1 by default. JSON in, JSON out; errors are {"error", "hint"} with 4xx.
+bound to 127.0.0.1 by default. JSON in, JSON out; errors are {"error", "hint", "reason"} with 4xx,
+and an unexpected error is a JSON 500 too (never a plain-text page, never a traceback).
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from edgekit import boundedjson
 from edgekit.errors import EdgekitError
+from edgekit.protocol import describe
+from fleet.admin_schema import MAX_BODY_BYTES, MAX_BODY_DEPTH, RolloutRequest
 from fleet.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -51,16 +57,29 @@ def admin_app(server: FleetServer) -> Starlette:
             if request.headers.get("authorization") != f"Bearer {server.admin_token}":
                 return JSONResponse({"error": "missing or wrong admin token"}, status_code=401)
             try:
-                body = await request.json() if request.method == "POST" else {}
+                body = await _body(request) if request.method == "POST" else {}
                 return JSONResponse(fn(request, body))
             except NotFoundError as e:
-                return JSONResponse({"error": str(e.args[0]), "hint": e.hint}, status_code=404)
+                return _error(404, "not_found", str(e.args[0]), e.hint)
             except EdgekitError as e:
-                return JSONResponse({"error": str(e.args[0]), "hint": e.hint}, status_code=400)
-            except (ValueError, KeyError, TypeError) as e:
-                return JSONResponse({"error": f"bad request: {e}"}, status_code=400)
+                return _error(400, "refused", str(e.args[0]), e.hint)
+            except boundedjson.JsonLimitError as e:
+                return _error(400, e.reason, f"bad request body: {e.detail}")
+            except ValidationError as e:
+                return _error(400, "invalid_request", f"bad request: {describe(e)}")
+            except Exception as e:  # a bug: still JSON, and the traceback only at DEBUG
+                log.error("admin %s %s failed: %s: %s", request.method, request.url.path, type(e).__name__, e)
+                log.debug("admin API error", exc_info=True)
+                return _error(500, "internal", "internal error in the fleet server (see its log)")
 
         return wrapped
+
+    async def _body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        doc = boundedjson.loads(raw, MAX_BODY_BYTES, MAX_BODY_DEPTH) if raw else {}
+        if not isinstance(doc, dict):
+            raise boundedjson.JsonLimitError("not_object", "expected a JSON object")
+        return doc
 
     def health(_r: Request, _b: dict) -> dict:
         return {
@@ -71,6 +90,7 @@ def admin_app(server: FleetServer) -> Starlette:
             "manifests_sent": server.publisher.sent,
             "resyncs": server.resyncs,
             "desired_republished": server.publisher.republished,
+            "ingest": server.outcomes.snapshot(),
         }
 
     def devices(_r: Request, _b: dict) -> Any:
@@ -83,15 +103,16 @@ def admin_app(server: FleetServer) -> Starlette:
         return server.engine.list()
 
     def start(_r: Request, b: dict) -> Any:
+        req = RolloutRequest.model_validate(b)
         rid = server.engine.start(
-            b["model"],
-            b["version"],
-            b.get("selector") or {},
-            [float(w) for w in b.get("waves") or [100]],
-            float(b.get("success_threshold", 0.95)),
-            float(b.get("max_failure_rate", 0.05)),
-            float(b.get("device_timeout", 900)),
-            b.get("devices"),
+            req.model,
+            req.version,
+            req.selector or {},
+            req.waves or [100.0],
+            req.success_threshold,
+            req.max_failure_rate,
+            req.device_timeout,
+            req.devices,
         )
         server.kick()
         return server.engine.status(rid)
@@ -126,8 +147,20 @@ def admin_app(server: FleetServer) -> Starlette:
             Route("/api/rollouts", guard(start), methods=["POST"]),
             Route("/api/rollouts/{rid}", guard(status)),
             Route("/api/rollouts/{rid}/{verb}", guard(action), methods=["POST"]),
-        ]
+        ],
+        # Unknown routes and methods answer in the API's JSON shape too, not Starlette's plain text.
+        exception_handlers={HTTPException: _http_error},
     )
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _error(status, "not_found" if status == 404 else "http_error", str(detail))
+
+
+def _error(status: int, reason: str, message: str, hint: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "hint": hint, "reason": reason}, status_code=status)
 
 
 class UvicornThread:

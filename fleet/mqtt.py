@@ -101,7 +101,12 @@ class MqttLink:
 
     def _message_cb(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._on_message(msg.topic, msg.payload)
+            topic = msg.topic  # paho decodes the topic here: a broker may pass on invalid UTF-8
+        except UnicodeDecodeError:
+            log.warning("dropped a message whose topic is not UTF-8: %r", bytes(msg._topic)[:120])
+            return
+        try:
+            self._on_message(topic, msg.payload)
         except Exception:  # a bad message must never kill paho's network thread
             log.exception("error handling message on %s", msg.topic)
 

@@ -14,6 +14,11 @@ Rules (docs/fleet.md has the operator's view):
 - Abort sends every device that was sent the manifest a rollback: a new, higher sequence
   pointing at the version it ran before. A device with no earlier version gets its retained
   desired state cleared instead (state no_rollback).
+- A device that cannot be sent a manifest is refused at dispatch (state refused, with the reason):
+  a stored id the topic layer rejects (stored before ids were validated at ingestion), or a
+  sequence space it has used up (it reported 2**63-1: the next manifest's sequence would not fit).
+  Refused devices count neither as success nor as failure; a rollout whose every device is
+  refused aborts with that reason.
 - Cancel stops dispatching without rolling back. A rollout paused longer than `max_pause`
   is cancelled, so every rollout ends: completed, aborted or cancelled.
 """
@@ -30,7 +35,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edgekit.protocol import IN_PROGRESS, Status
+from edgekit import topics
+from edgekit.protocol import IN_PROGRESS, MAX_SEQUENCE, Status
 from fleet.db import Database
 from fleet.devices import DeviceRegistry
 from fleet.errors import FleetError, NotFoundError
@@ -43,13 +49,16 @@ RUNNING, PAUSED, COMPLETED, ABORTED, CANCELLED = "running", "paused", "completed
 OPEN = (RUNNING, PAUSED)
 # rollout_devices.state
 PENDING, SENT, ACTIVE, FAILED, TIMED_OUT = "pending", "sent", "active", "failed", "timed_out"
-ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, NO_ROLLBACK, SKIPPED = (
+ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, NO_ROLLBACK, SKIPPED, REFUSED = (
     "rolling_back",
     "rolled_back",
     "rollback_failed",
     "no_rollback",
     "skipped",
+    "refused",
 )
+# Why a device was refused at dispatch (rollout_devices.reason).
+INVALID_DEVICE_ID, SEQUENCE_EXHAUSTED = "invalid_device_id", "sequence_exhausted"
 _WAITING = (SENT, *sorted(IN_PROGRESS))
 _DONE = (ACTIVE, FAILED, TIMED_OUT)
 COUNT_KEYS = (
@@ -61,6 +70,7 @@ COUNT_KEYS = (
     "rolling_back",
     "rolled_back",
     "skipped",
+    "refused",
 )
 
 
@@ -81,6 +91,22 @@ def wave_bounds(n: int, waves: list[float]) -> list[int]:
     bounds = [min(n, max(1, math.ceil(p * n / 100))) for p in waves]
     bounds[-1] = n
     return [max(bounds[: i + 1]) for i in range(len(bounds))]
+
+
+def next_sequence(issued: int | None, reported: int | None) -> int | None:
+    """The next manifest's sequence for a device: above all it was sent and all it reported.
+    None when that passes MAX_SEQUENCE (no int64 column or agent could hold it)."""
+    seq = max(issued or 0, reported or 0) + 1
+    return seq if seq <= MAX_SEQUENCE else None
+
+
+def dispatch_refusal(device: str, sequence: int | None) -> str | None:
+    """Why a manifest cannot be sent to `device` with `sequence`, or None when it can."""
+    if not topics.valid_name(device):
+        return INVALID_DEVICE_ID
+    if sequence is None:
+        return SEQUENCE_EXHAUSTED
+    return None
 
 
 def _count_bucket(state: str) -> str:
@@ -270,13 +296,14 @@ class RolloutEngine:
         return row
 
     def _counts(self, c: sqlite3.Connection, rid: str, max_wave: int) -> dict[str, int]:
-        out = dict.fromkeys((PENDING, SENT, ACTIVE, FAILED, TIMED_OUT, "waiting", "total"), 0)
+        out = dict.fromkeys((PENDING, SENT, ACTIVE, FAILED, TIMED_OUT, REFUSED, "waiting", "total"), 0)
         for row in c.execute(
             "SELECT state, COUNT(*) AS n FROM rollout_devices WHERE rollout=? AND wave<=? GROUP BY state",
             (rid, max_wave),
         ):
             out[row["state"]] = out.get(row["state"], 0) + row["n"]
-            out["total"] += row["n"]
+            if row["state"] != REFUSED:  # never sent: neither a success nor a failure
+                out["total"] += row["n"]
             if row["state"] in _WAITING:
                 out["waiting"] += row["n"]
         return out
@@ -287,6 +314,8 @@ class RolloutEngine:
             return
         n = self._counts(c, r["id"], r["wave"])
         if n["total"] == 0:
+            if n[REFUSED] and r["state"] == RUNNING:
+                self._past_refused_wave(c, r, n[REFUSED], now)
             return
         failed = n[FAILED] + n[TIMED_OUT]
         if failed / n["total"] > r["max_failure_rate"]:
@@ -300,7 +329,8 @@ class RolloutEngine:
                 self._advance(c, r, now)
                 return
             if n["waiting"] == 0:
-                self._end(c, r, COMPLETED, f"{n[ACTIVE]}/{n['total']} active", now)
+                refused = f", {n[REFUSED]} refused" if n[REFUSED] else ""
+                self._end(c, r, COMPLETED, f"{n[ACTIVE]}/{n['total']} active{refused}", now)
                 return
         elif n["waiting"] == 0:
             last_wave = len(json.loads(r["waves"])) - 1
@@ -311,6 +341,23 @@ class RolloutEngine:
                 + ("" if r["wave"] == last_wave else f" in wave {r['wave'] + 1}"),
                 now,
             )
+
+    def _past_refused_wave(self, c: sqlite3.Connection, r: sqlite3.Row, refused: int, now: float) -> None:
+        """Every device dispatched so far was refused: try the next wave, or end (every rollout
+        ends, even one no device could be offered)."""
+        if r["wave"] < len(json.loads(r["waves"])) - 1:
+            self._advance(c, r, now)
+        else:
+            self._abort(c, r, f"no device could be offered the update ({refused} refused)", now)
+
+    def _refuse(
+        self, c: sqlite3.Connection, rid: str, device: str, state: str, reason: str, now: float
+    ) -> None:
+        log.warning("rollout %s: device %s refused: %s", rid, repr(device)[:80], reason)
+        c.execute(
+            "UPDATE rollout_devices SET state=?, reason=?, updated=? WHERE rollout=? AND device=?",
+            (state, reason, now, rid, device),
+        )
 
     def _advance(self, c: sqlite3.Connection, r: sqlite3.Row, now: float) -> None:
         """Dispatch the next wave that has devices."""
@@ -330,7 +377,11 @@ class RolloutEngine:
                 break
         c.execute("UPDATE rollouts SET wave=?, updated=? WHERE id=?", (wave, now, r["id"]))
         for d in pending:
-            seq = max(d["issued_sequence"] or 0, d["sequence"] or 0) + 1
+            seq = next_sequence(d["issued_sequence"], d["sequence"])
+            refusal = dispatch_refusal(d["device"], seq)
+            if refusal or seq is None:
+                self._refuse(c, r["id"], d["device"], REFUSED, refusal or SEQUENCE_EXHAUSTED, now)
+                continue
             c.execute("UPDATE devices SET issued_sequence=? WHERE id=?", (seq, d["device"]))
             c.execute(
                 "UPDATE rollout_devices SET state=?, sequence=?, prev_model=?, prev_version=?, sent_at=?,"
@@ -351,6 +402,9 @@ class RolloutEngine:
         ).fetchall()
         releases: dict[tuple[str, str], dict[str, Any] | None] = {}
         for d in sent:
+            if not topics.valid_name(d["device"]):  # sent by a version that stored any id
+                self._refuse(c, r["id"], d["device"], ROLLBACK_FAILED, INVALID_DEVICE_ID, now)
+                continue
             key = (d["prev_model"], d["prev_version"])
             if key not in releases:
                 try:
@@ -365,7 +419,10 @@ class RolloutEngine:
                     (NO_ROLLBACK, now, r["id"], d["device"]),
                 )
                 continue
-            seq = max(d["issued_sequence"] or 0, d["sequence"] or 0) + 1
+            seq = next_sequence(d["issued_sequence"], d["sequence"])
+            if seq is None:
+                self._refuse(c, r["id"], d["device"], ROLLBACK_FAILED, SEQUENCE_EXHAUSTED, now)
+                continue
             c.execute("UPDATE devices SET issued_sequence=? WHERE id=?", (seq, d["device"]))
             c.execute(
                 "UPDATE rollout_devices SET state=?, rollback_sequence=?, updated=?"

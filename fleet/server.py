@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import topics
-from edgekit.protocol import Online, ProtocolError, Status
+from edgekit.protocol import ProtocolError
 from fleet import config as fleet_config
+from fleet import ingest
 from fleet.db import Database
 from fleet.desired import DesiredStore
-from fleet.devices import DeviceRegistry, record_online, record_status
+from fleet.devices import DeviceRegistry
 from fleet.keys import KeyStore
 from fleet.mqtt import MqttLink
 from fleet.publisher import Publisher
@@ -70,6 +71,7 @@ class FleetServer:
         self._thread: threading.Thread | None = None
         self._http: list[Any] = []
         self.messages_in = 0
+        self.outcomes = ingest.Outcomes()  # per message: accepted, or refused by reason
         self.resyncs = 0
 
     def broker_address(self) -> str:
@@ -86,15 +88,10 @@ class FleetServer:
             self.keys.init(self.fleet)
         b = self.cfg["broker"]
         if b["embedded"]:
-            from fleet.broker import EmbeddedBroker
+            from fleet.broker import start_embedded
 
-            users = dict(self.cfg.get("broker_users") or {})
-            if b["username"]:
-                users[b["username"]] = b["password"]
-            self.broker = EmbeddedBroker(
-                b["host"], int(b["port"]), self.fleet, users, bool(b["allow_anonymous"]), b["username"]
-            )
-            self.broker.start()
+            # enrolled devices + the server's own credentials, which `b` now carries for the link
+            self.broker, b = start_embedded(self.cfg, self.state_dir)
         self.link = MqttLink(
             b,
             self._on_message,
@@ -182,6 +179,10 @@ class FleetServer:
         parsed = topics.parse(topic)
         if parsed and parsed[0] == self.fleet:
             self._events.put((parsed[1], parsed[2], payload))
+        else:
+            self.outcomes.refused(
+                ingest.UNKNOWN_TOPIC, f"on {repr(topic)[:120]}", "not a device topic of this fleet"
+            )
 
     def _drain(self, timeout: float) -> list[tuple[str, str, bytes] | None]:
         batch: list[tuple[str, str, bytes] | None] = []
@@ -214,25 +215,29 @@ class FleetServer:
                 log.exception("engine loop error")
 
     def _apply(self, batch: list[tuple[str, str, bytes]]) -> None:
+        """One transaction per batch, one savepoint per message: a refused or failing message
+        loses only itself."""
         if not batch:
             return
         now = time.time()
         with self.db.tx() as c:
             for device, kind, payload in batch:
-                if kind in ("kick", RESYNC) or not payload:
+                if kind in ("kick", RESYNC):
+                    continue
+                if not payload:
+                    self.outcomes.empty()
                     continue
                 self.messages_in += 1
                 try:
-                    if kind == topics.STATUS:
-                        msg = Status.from_json(payload)
-                        if msg.device != device:  # the topic, which the ACL protects, names the device
-                            raise ProtocolError(f"status for {msg.device!r} on {device!r}'s topic")
-                        record_status(c, msg, now)
-                        self.engine.on_status(c, msg, now)
-                    elif kind == topics.ONLINE:
-                        o = Online.from_json(payload)
-                        if o.device != device:
-                            raise ProtocolError(f"online for {o.device!r} on {device!r}'s topic")
-                        record_online(c, o, now)
+                    msg = ingest.decode(device, kind, payload)
+                    with self.db.savepoint():
+                        ingest.apply(c, self.engine, msg, now)
                 except ProtocolError as e:
-                    log.warning("ignored message from %s/%s: %s", device, kind, e)
+                    self.outcomes.refused(e.reason, ingest.where(device, kind), e.detail)
+                except Exception as e:  # a bug, not bad input; the traceback only at DEBUG
+                    self.outcomes.refused(
+                        ingest.INTERNAL, ingest.where(device, kind), f"{type(e).__name__}: {e}", logging.ERROR
+                    )
+                    log.debug("internal error ingesting a message", exc_info=True)
+                else:
+                    self.outcomes.accepted()

@@ -24,13 +24,17 @@ Agent side (verify)::
         res = check_smoke_outputs(m.smoke_test, out, precision=art.precision)   # res.ok
 
     Manifest fields (m.<name>): fleet, device, channel, rollout, model, version, sequence,
-    artifacts, model_card, smoke_test, issued_at, expires_at; m.envelope is the raw document.
+    artifacts, model_card, smoke_test, issued_at, expires_at (datetimes); m.body is the typed,
+    bounded view (edgekit.trust.manifest_schema.ManifestBody), m.envelope the raw document.
+    Unknown fields are ignored; `model`, artifact keys and file names are safe names
+    (edgekit.trust.names: one path component, checked before anything becomes a path).
 
-Refusal reasons (`VerificationError.reason`): malformed, oversized, bad_signature (incl. no
-signature), unknown_key (incl. revoked: not in the current release role), threshold, expired,
-replay (sequence <= last accepted), wrong_fleet, wrong_device, wrong_type (a root where a
-manifest is expected or vice versa), root_version (root rotation not version+1),
-size_mismatch, sha256_mismatch.
+Refusal reasons (`VerificationError.reason`): listed with their meaning in edgekit.trust.errors
+(malformed, oversized, bad_signature, unknown_key, threshold, expired, expired_root, replay,
+wrong_fleet, wrong_device, wrong_type, root_version, size_mismatch, sha256_mismatch).
+
+Root expiry follows TUF (see edgekit.trust.root): the enrolment root and intermediate roots may
+be expired; the newest trusted root must not be when a manifest is verified (`expired_root`).
 
 Server side (sign)::
 
@@ -51,7 +55,9 @@ from edgekit.trust.canonical import canonical_json
 from edgekit.trust.envelope import MAX_DOCUMENT_BYTES, dumps, parse, sign
 from edgekit.trust.errors import REASONS, VerificationError
 from edgekit.trust.keys import SigningKey, keyid_for, verify_signature
-from edgekit.trust.manifest import Artifact, Manifest, ManifestVerifier, build_manifest, sign_manifest
+from edgekit.trust.manifest import Manifest, ManifestVerifier, build_manifest, sign_manifest
+from edgekit.trust.manifest_schema import Artifact, ManifestBody
+from edgekit.trust.names import check_safe_name, is_safe_name
 from edgekit.trust.root import Root, build_root, load_trusted_root, sign_root, update_root, update_root_chain
 from edgekit.trust.smoke import (
     DEFAULT_TOLERANCE,
@@ -70,6 +76,7 @@ __all__ = [
     "REASONS",
     "Artifact",
     "Manifest",
+    "ManifestBody",
     "ManifestVerifier",
     "Root",
     "SigningKey",
@@ -79,10 +86,12 @@ __all__ = [
     "build_root",
     "build_smoke_test",
     "canonical_json",
+    "check_safe_name",
     "check_smoke_outputs",
     "decode_tensor",
     "dumps",
     "encode_tensor",
+    "is_safe_name",
     "iso",
     "keyid_for",
     "load_trusted_root",

@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from edgekit.trust import safejson
 from edgekit.trust.canonical import canonical_json
 from edgekit.trust.errors import (
     BAD_SIGNATURE,
     MALFORMED,
-    OVERSIZED,
     THRESHOLD,
     UNKNOWN_KEY,
     VerificationError,
 )
+from edgekit.trust.fields import validate_wire
 from edgekit.trust.keys import SigningKey, verify_signature
 
 # A manifest carries a model card and one golden input; 1 MiB leaves room for a 224x224x3
 # float32 image in base64 while still refusing a hostile multi-megabyte payload before parsing.
 MAX_DOCUMENT_BYTES = 1024 * 1024
+# Each signature by an authorized key costs an Ed25519 verify; a threshold above a handful of
+# keys is unheard of, so 32 bounds the work one document can ask for.
+MAX_SIGNATURES = 32
+
+# Lengths bounded loosely (an Ed25519 keyid is 64 hex, a signature 128): a wrong-length or
+# non-hex signature is a signature that does not verify (bad_signature), not a format error.
+_Hex = Annotated[str, StringConstraints(max_length=256)]
+
+
+class _Signature(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    keyid: _Hex
+    sig: _Hex
+
+
+class _Envelope(BaseModel):
+    # Exactly these two keys: the envelope itself is not signed, so nothing else may ride along.
+    model_config = ConfigDict(extra="forbid", strict=True)
+    signed: dict[str, Any]
+    signatures: list[_Signature] = Field(max_length=MAX_SIGNATURES)
 
 
 def sign(signed: dict[str, Any], keys: list[SigningKey]) -> dict[str, Any]:
@@ -33,22 +55,14 @@ def dumps(envelope: dict[str, Any]) -> bytes:
 
 
 def parse(raw: bytes | str, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
-    """Bytes -> envelope dict, refusing oversized and malformed input."""
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8")
-    if len(raw) > max_bytes:
-        raise VerificationError(OVERSIZED, f"{len(raw)} bytes > limit {max_bytes}")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise VerificationError(MALFORMED, f"not JSON: {e}") from e
-    if not isinstance(doc, dict) or set(doc) != {"signed", "signatures"}:
-        raise VerificationError(MALFORMED, "expected an object with exactly 'signed' and 'signatures'")
-    if not isinstance(doc["signed"], dict) or not isinstance(doc["signatures"], list):
-        raise VerificationError(MALFORMED, "'signed' must be an object and 'signatures' a list")
-    for s in doc["signatures"]:
-        if not (isinstance(s, dict) and isinstance(s.get("keyid"), str) and isinstance(s.get("sig"), str)):
-            raise VerificationError(MALFORMED, "each signature needs string 'keyid' and 'sig'")
+    """Bytes -> envelope dict, refusing oversized (`oversized`) and malformed (`malformed`) input.
+
+    The dict is the parsed document itself (not a re-serialization), so what is checked,
+    stored and re-published is exactly what was received."""
+    doc = safejson.loads(raw, max_bytes)
+    if not isinstance(doc, dict):
+        raise VerificationError(MALFORMED, "expected an object with 'signed' and 'signatures'")
+    validate_wire(_Envelope, doc, "envelope")
     return doc
 
 
@@ -63,8 +77,8 @@ def check_threshold(
     """
     try:
         data = canonical_json(envelope["signed"])
-    except ValueError as e:
-        raise VerificationError(MALFORMED, str(e)) from e
+    except ValueError as e:  # NaN, lone surrogates: cannot have been signed
+        raise VerificationError(MALFORMED, str(e)[:200]) from None
     allowed = set(keyids)
     valid: set[str] = set()
     bad = unknown = 0
@@ -73,6 +87,8 @@ def check_threshold(
         if kid not in allowed or kid not in keys:
             unknown += 1
             continue
+        if kid in valid:
+            continue  # the same key twice counts once, and costs one verify
         if verify_signature(keys[kid]["public"], s["sig"], data):
             valid.add(kid)
         else:

@@ -1,4 +1,26 @@
-"""The one exception the verifier raises, with a machine-readable reason code."""
+"""The one exception the verifier raises, with a machine-readable reason code.
+
+Reason codes (`VerificationError.reason`), reported by the agent on `status`:
+
+    malformed        not UTF-8 JSON; nested deeper than safejson.MAX_JSON_DEPTH; NaN/Infinity or
+                     an out-of-range number; not an envelope; a field missing, of the wrong type or
+                     out of bounds (names not safe per edgekit.trust.names, sha256 not 64 lowercase
+                     hex, sequence/size/version outside 0..2**63-1, too many artifacts/signatures)
+    oversized        more bytes than the limit (envelope.MAX_DOCUMENT_BYTES), refused unparsed
+    bad_signature    a signature by an authorized key does not verify, or no signature at all
+    unknown_key      signed only by keys not in the role (also a revoked key: rotated out)
+    threshold        some valid signatures, fewer than the role's threshold
+    expired          the manifest's `expires_at` has passed
+    expired_root     the newest trusted root has expired: nothing it authorizes is accepted until
+                     a newer root arrives (TUF: intermediate roots may be expired, the final not)
+    replay           sequence not newer than the last accepted one (replay / rollback attack)
+    wrong_fleet      manifest for another fleet
+    wrong_device     manifest for another device
+    wrong_type       a root where a manifest is expected, or the reverse
+    root_version     a root rotation that is not exactly version + 1
+    size_mismatch    downloaded artifact size differs from the manifest
+    sha256_mismatch  downloaded artifact digest differs from the manifest
+"""
 
 from __future__ import annotations
 
@@ -11,6 +33,7 @@ BAD_SIGNATURE = "bad_signature"
 UNKNOWN_KEY = "unknown_key"
 THRESHOLD = "threshold"
 EXPIRED = "expired"
+EXPIRED_ROOT = "expired_root"
 REPLAY = "replay"
 WRONG_FLEET = "wrong_fleet"
 WRONG_DEVICE = "wrong_device"
@@ -27,6 +50,7 @@ REASONS = frozenset(
         UNKNOWN_KEY,
         THRESHOLD,
         EXPIRED,
+        EXPIRED_ROOT,
         REPLAY,
         WRONG_FLEET,
         WRONG_DEVICE,
@@ -42,7 +66,8 @@ class VerificationError(EdgekitError):
     """A signed document or an artifact was refused. `reason` is one of `REASONS`."""
 
     def __init__(self, reason: str, message: str):
-        assert reason in REASONS, reason
+        if reason not in REASONS:  # a programming error, not input: never skipped under -O
+            raise ValueError(f"unknown refusal reason {reason!r}")
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.detail = message

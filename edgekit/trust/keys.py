@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgekit.durable import atomic_write_bytes
 
 KEYTYPE = "ed25519"
 
@@ -62,14 +63,7 @@ class SigningKey:
         pem = self.private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        atomic_write_bytes(Path(path), pem, mode=0o600)  # durable too: a root may name it next
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:

@@ -8,87 +8,96 @@ signed = {
   "smoke_test": {... see edgekit.trust.smoke ...} or null,
   "issued_at": "2026-..Z", "expires_at": "2026-..Z"
 }
+Typed, bounded and forward compatible: edgekit.trust.manifest_schema.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from edgekit.trust.envelope import MAX_DOCUMENT_BYTES, parse, sign
 from edgekit.trust.errors import (
     EXPIRED,
-    MALFORMED,
     REPLAY,
     WRONG_DEVICE,
     WRONG_FLEET,
     WRONG_TYPE,
     VerificationError,
 )
+from edgekit.trust.fields import validate_wire
 from edgekit.trust.keys import SigningKey
-from edgekit.trust.root import Root
+from edgekit.trust.manifest_schema import WIRE_ARTIFACT_FIELDS, Artifact, ManifestBody
+from edgekit.trust.root import Root, update_root_chain
 from edgekit.trust.timeutil import iso, parse_iso, utcnow
 
-_REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "fleet": str,
-    "device": str,
-    "channel": str,
-    "rollout": (str, type(None)),
-    "model": str,
-    "version": str,
-    "sequence": int,
-    "artifacts": dict,
-    "model_card": dict,
-    "smoke_test": (dict, type(None)),
-    "issued_at": str,
-    "expires_at": str,
-}
-_ARTIFACT: dict[str, type | tuple[type, ...]] = {
-    "url": str,
-    "sha256": str,
-    "size": int,
-    "file": str,
-    "precision": str,
-}
 
-
-@dataclass(frozen=True)
-class Artifact:
-    format: str
-    url: str
-    sha256: str
-    size: int
-    file: str
-    precision: str
+def parse_manifest_body(signed: dict[str, Any]) -> ManifestBody:
+    """Typed view of a manifest's `signed` part: wrong_type or malformed, never another exception."""
+    if signed.get("_type") != "manifest":
+        raise VerificationError(
+            WRONG_TYPE, f"expected _type 'manifest', got {str(signed.get('_type'))[:40]!r}"
+        )
+    return validate_wire(ManifestBody, signed, "manifest")
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """A verified manifest. `envelope` is the exact document that was verified."""
+    """A manifest whose shape was validated. From `ManifestVerifier.verify` it is also verified;
+    `envelope` is the exact document (store and compare that), `body` the typed view.
+
+    `Manifest(envelope)` validates the shape (VerificationError otherwise), not the signatures.
+    """
 
     envelope: dict[str, Any]
+    body: ManifestBody = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.body is None:
+            object.__setattr__(self, "body", parse_manifest_body(self.envelope["signed"]))
 
     @property
     def signed(self) -> dict[str, Any]:
         return self.envelope["signed"]
 
-    def __getattr__(self, name: str) -> Any:
-        # fleet, device, channel, rollout, model, version, sequence, model_card, smoke_test, ...
-        # Via __dict__ (not self.envelope) so copy/pickle, which probe attributes before
-        # __init__ ran, get AttributeError instead of infinite recursion.
-        signed = self.__dict__.get("envelope", {}).get("signed", {})
-        if name in signed:
-            return signed[name]
-        raise AttributeError(name)
+    fleet = property(lambda self: self.body.fleet)
+    device = property(lambda self: self.body.device)
+    channel = property(lambda self: self.body.channel)
+    rollout = property(lambda self: self.body.rollout)
+    model = property(lambda self: self.body.model)
+    version = property(lambda self: self.body.version)
+    sequence = property(lambda self: self.body.sequence)
+
+    @property
+    def model_card(self) -> dict[str, Any]:
+        return self.signed["model_card"]
+
+    @property
+    def smoke_test(self) -> dict[str, Any] | None:
+        """The signed smoke test as plain JSON (validated), for edgekit.trust.smoke."""
+        return self.signed.get("smoke_test")
 
     @property
     def artifacts(self) -> dict[str, Artifact]:
-        return {fmt: Artifact(format=fmt, **a) for fmt, a in self.signed["artifacts"].items()}
+        return {key: self.body.artifact(key) for key in self.body.artifacts}
+
+    @property
+    def issued_at(self) -> datetime:
+        return parse_iso(self.body.issued_at)
 
     @property
     def expires_at(self) -> datetime:
-        return parse_iso(self.signed["expires_at"])
+        return parse_iso(self.body.expires_at)
+
+    def __getattr__(self, name: str) -> Any:
+        # Fields a newer fleet added (ignored by the typed body) stay readable, untyped.
+        # Via __dict__ (not self.envelope) so copy/pickle, which probe attributes before
+        # __init__ ran, get AttributeError instead of infinite recursion.
+        signed = self.__dict__.get("envelope", {}).get("signed", {})
+        if not name.startswith("_") and name in signed:
+            return signed[name]
+        raise AttributeError(name)
 
 
 def build_manifest(
@@ -106,7 +115,10 @@ def build_manifest(
     expires_in: timedelta = timedelta(days=7),
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The `signed` part of a manifest; sign it with `sign(signed, [release_key])`."""
+    """The `signed` part of a manifest; sign it with `sign(signed, [release_key])`.
+
+    Validated with the agents' own rules (VerificationError otherwise), so the fleet never
+    signs a manifest its devices would refuse as malformed."""
     now = now or utcnow()
     signed = {
         "_type": "manifest",
@@ -117,13 +129,13 @@ def build_manifest(
         "model": model,
         "version": version,
         "sequence": sequence,
-        "artifacts": {fmt: {k: a[k] for k in _ARTIFACT} for fmt, a in artifacts.items()},
+        "artifacts": {fmt: {k: a[k] for k in WIRE_ARTIFACT_FIELDS} for fmt, a in artifacts.items()},
         "model_card": model_card,
         "smoke_test": smoke_test,
         "issued_at": iso(now),
         "expires_at": iso(now + expires_in),
     }
-    _validate_shape(signed)
+    parse_manifest_body(signed)
     return signed
 
 
@@ -131,42 +143,14 @@ def sign_manifest(signed: dict[str, Any], keys: list[SigningKey]) -> dict[str, A
     return sign(signed, keys)
 
 
-def _typed(value: Any, typ: type | tuple[type, ...]) -> bool:
-    # bool is an int subclass; a sequence or size of `true` is malformed.
-    return isinstance(value, typ) and not (isinstance(value, bool) and typ in (int, (int,)))
-
-
-def _validate_shape(signed: dict[str, Any]) -> None:
-    if signed.get("_type") != "manifest":
-        raise VerificationError(WRONG_TYPE, f"expected _type 'manifest', got {signed.get('_type')!r}")
-    for key, typ in _REQUIRED.items():
-        if key not in signed or not _typed(signed[key], typ):
-            raise VerificationError(MALFORMED, f"field {key!r} missing or of the wrong type")
-    if signed["sequence"] < 0:
-        raise VerificationError(MALFORMED, "sequence must be >= 0")
-    if not signed["artifacts"]:
-        raise VerificationError(MALFORMED, "no artifacts")
-    for fmt, a in signed["artifacts"].items():
-        if not isinstance(a, dict):
-            raise VerificationError(MALFORMED, f"artifact {fmt!r} is not an object")
-        for key, typ in _ARTIFACT.items():
-            if key not in a or not _typed(a[key], typ):
-                raise VerificationError(MALFORMED, f"artifact {fmt!r}: field {key!r} missing or wrong type")
-        if len(a["sha256"]) != 64 or a["size"] < 0:
-            raise VerificationError(MALFORMED, f"artifact {fmt!r}: bad sha256 or size")
-    for key in ("issued_at", "expires_at"):
-        try:
-            parse_iso(signed[key])
-        except ValueError as e:
-            raise VerificationError(MALFORMED, f"{key}: {e}") from e
-
-
 class ManifestVerifier:
     """Everything an agent checks before it acts on a `desired` message.
 
-    Order of checks: size -> JSON shape -> signatures (release role of the trusted root) ->
-    manifest fields -> expiry -> fleet -> device -> sequence. Signatures come before reading
-    any field so nothing unauthenticated influences the decision.
+    Order of checks: size/JSON bounds -> envelope shape -> signatures (release role of the
+    trusted root) -> typed manifest fields -> expiry -> fleet -> device -> sequence -> the trusted
+    root unexpired (`expired_root`). Signatures come before reading any field so nothing unauthenticated
+    influences the decision. Every refusal is a VerificationError with a reason code
+    (edgekit.trust.errors); nothing else escapes for any input bytes.
     """
 
     def __init__(
@@ -189,30 +173,27 @@ class ManifestVerifier:
         return self._now or utcnow()
 
     def update_root(self, raws: list[bytes | str | dict[str, Any]]) -> Root:
-        """Follow root rotations (see `update_root_chain`); the caller persists `self.root`."""
-        from edgekit.trust.root import update_root_chain
-
-        self.root = update_root_chain(self.root, raws, self.now())
+        """Follow root rotations (see `update_root_chain`); the caller persists `self.root`.
+        The new root is trusted even when expired (TUF); `verify` then refuses `expired_root`."""
+        self.root = update_root_chain(self.root, raws)
         return self.root
 
     def verify(self, raw: bytes | str) -> Manifest:
         env = parse(raw, self.max_bytes)
         self.root.check(env, "release")
-        signed = env["signed"]
-        _validate_shape(signed)
-        if parse_iso(signed["expires_at"]) <= self.now():
-            raise VerificationError(EXPIRED, f"manifest expired at {signed['expires_at']}")
-        if signed["fleet"] != self.fleet:
-            raise VerificationError(WRONG_FLEET, f"for fleet {signed['fleet']!r}, this is {self.fleet!r}")
-        if signed["device"] != self.device_id:
-            raise VerificationError(
-                WRONG_DEVICE, f"for device {signed['device']!r}, this is {self.device_id!r}"
-            )
-        if signed["sequence"] <= self.last_sequence:
-            raise VerificationError(
-                REPLAY, f"sequence {signed['sequence']} is not newer than {self.last_sequence}"
-            )
-        return Manifest(env)
+        m = Manifest(env)
+        if m.expires_at <= self.now():
+            raise VerificationError(EXPIRED, f"manifest expired at {m.body.expires_at}")
+        if m.fleet != self.fleet:
+            raise VerificationError(WRONG_FLEET, f"for fleet {m.fleet!r}, this is {self.fleet!r}")
+        if m.device != self.device_id:
+            raise VerificationError(WRONG_DEVICE, f"for device {m.device!r}, this is {self.device_id!r}")
+        if m.sequence <= self.last_sequence:
+            raise VerificationError(REPLAY, f"sequence {m.sequence} is not newer than {self.last_sequence}")
+        # Last: the document is otherwise acceptable, only its authority is stale. So a
+        # redelivered copy of what the device already runs stays a `replay`, never a failure.
+        self.root.check_unexpired(self.now())
+        return m
 
     def accept(self, manifest: Manifest) -> None:
         """Record that the agent acted on `manifest` (persist `last_sequence` yourself)."""

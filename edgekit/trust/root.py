@@ -5,27 +5,56 @@ signed = {
   "keys": {keyid: {"keytype": "ed25519", "public": hex}},
   "roles": {"root": {"keyids": [...], "threshold": 1}, "release": {"keyids": [...], "threshold": 1}}
 }
+(typed and bounded in edgekit.trust.root_schema)
+
+Expiry follows TUF (python-tuf ngclient's root update): the root a device was enrolled with and
+every intermediate root of a rotation chain are trusted whether expired or not (a box that was
+off for two years must still walk the chain, and must still start); only the newest trusted root
+must be unexpired for anything it authorizes to be accepted (`Root.check_unexpired`, called by
+the manifest verifier, refusal `expired_root`). Rotating works from an expired root, and is how
+an expired fleet recovers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from edgekit.trust.envelope import check_threshold, dumps, parse, sign
-from edgekit.trust.errors import EXPIRED, MALFORMED, ROOT_VERSION, WRONG_TYPE, VerificationError
+from edgekit.trust.errors import EXPIRED_ROOT, ROOT_VERSION, WRONG_TYPE, VerificationError
+from edgekit.trust.fields import validate_wire
 from edgekit.trust.keys import SigningKey, keyid_for, public_key_dict
+from edgekit.trust.root_schema import RootBody
 from edgekit.trust.timeutil import in_future, parse_iso, utcnow
 
+log = logging.getLogger(__name__)
+
 ROLES = ("root", "release")
+# python-tuf's UpdaterConfig.max_root_rotations: bounds the signature checks one `roots`
+# message can cause; a device further behind catches up over several messages.
+MAX_ROOT_ROTATIONS = 256
+
+
+def parse_root_body(signed: dict[str, Any]) -> RootBody:
+    """Typed view of a root's `signed` part: wrong_type or malformed, never another exception."""
+    if signed.get("_type") != "root":
+        raise VerificationError(WRONG_TYPE, f"expected _type 'root', got {str(signed.get('_type'))[:40]!r}")
+    return validate_wire(RootBody, signed, "root.json")
 
 
 @dataclass(frozen=True)
 class Root:
-    """A verified root.json (the envelope is kept so it can be re-published verbatim)."""
+    """A root.json whose shape was validated (the envelope is kept so it can be re-published
+    verbatim). Signatures are checked by `load_trusted_root` / `update_root`, which build it."""
 
     envelope: dict[str, Any]
+    body: RootBody = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.body is None:
+            object.__setattr__(self, "body", parse_root_body(self.envelope["signed"]))
 
     @property
     def signed(self) -> dict[str, Any]:
@@ -33,19 +62,31 @@ class Root:
 
     @property
     def version(self) -> int:
-        return self.signed["version"]
+        return self.body.version
 
     @property
     def expires(self) -> datetime:
-        return parse_iso(self.signed["expires"])
+        return parse_iso(self.body.expires)
 
     @property
     def keys(self) -> dict[str, dict[str, str]]:
-        return self.signed["keys"]
+        return {kid: k.model_dump() for kid, k in self.body.keys.items()}
 
     def role(self, name: str) -> tuple[list[str], int]:
-        r = self.signed["roles"][name]
-        return r["keyids"], r["threshold"]
+        r = getattr(self.body.roles, name)
+        return list(r.keyids), r.threshold
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires <= (now or utcnow())
+
+    def check_unexpired(self, now: datetime | None = None) -> None:
+        """Refuse (`expired_root`) to trust anything this root authorizes once it has expired."""
+        if self.is_expired(now):
+            raise VerificationError(
+                EXPIRED_ROOT,
+                f"trusted root v{self.version} expired at {self.body.expires}; "
+                "the fleet must rotate its root (edgekit fleet keys rotate)",
+            )
 
     def check(self, envelope: dict[str, Any], role: str) -> None:
         """Require the envelope to be signed by `role`'s threshold of this root's keys."""
@@ -53,52 +94,29 @@ class Root:
         check_threshold(envelope, self.keys, keyids, threshold, role)
 
 
-def _validate_shape(signed: dict[str, Any]) -> None:
-    try:
-        if signed.get("_type") != "root":
-            raise VerificationError(WRONG_TYPE, f"expected _type 'root', got {signed.get('_type')!r}")
-        if not isinstance(signed["version"], int) or isinstance(signed["version"], bool):
-            raise TypeError("version must be an int")
-        parse_iso(signed["expires"])
-        for kid, k in signed["keys"].items():
-            if k.get("keytype") != "ed25519" or not isinstance(k.get("public"), str):
-                raise TypeError(f"key {kid}: unsupported")
-        for name in ROLES:
-            r = signed["roles"][name]
-            if not isinstance(r["threshold"], int) or r["threshold"] < 1:
-                raise TypeError(f"role {name}: threshold must be an int >= 1")
-            if not all(isinstance(k, str) for k in r["keyids"]):
-                raise TypeError(f"role {name}: keyids must be strings")
-    except VerificationError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise VerificationError(MALFORMED, f"root.json: {e}") from e
-
-
-def load_trusted_root(raw: bytes | str, now: datetime | None = None, check_expiry: bool = True) -> Root:
+def load_trusted_root(raw: bytes | str, now: datetime | None = None, check_expiry: bool = False) -> Root:
     """The root an agent is enrolled with (shipped out of band): must be self-consistent.
 
     It is trusted because of how it arrived, but it still has to carry its own root
-    threshold of signatures, so a corrupted or hand-edited file is caught.
+    threshold of signatures, so a corrupted or hand-edited file is caught. Its expiry is not
+    checked by default (TUF): an expired enrolment root must not stop an agent from starting
+    and walking the rotation chain; the verifier checks the final root instead.
+    `check_expiry=True` refuses an expired one (`expired_root`).
     """
     env = parse(raw)
-    _validate_shape(env["signed"])
     root = Root(env)
     root.check(env, "root")
-    if check_expiry and root.expires <= (now or utcnow()):
-        raise VerificationError(EXPIRED, f"root v{root.version} expired at {root.signed['expires']}")
+    if check_expiry:
+        root.check_unexpired(now)
     return root
 
 
-def update_root(trusted: Root, raw: bytes | str, now: datetime | None = None) -> Root:
+def update_root(trusted: Root, raw: bytes | str) -> Root:
     """Accept the next root: version = trusted+1, signed by the old root role AND the new one.
 
-    Expiry of intermediate roots is not checked (TUF does the same): a device that was offline
-    for a year must still be able to walk the chain; only the final root must be unexpired
-    (`update_root_chain`).
+    Expiry is not checked here, neither the trusted root's nor the new one's (see module doc).
     """
     env = parse(raw)
-    _validate_shape(env["signed"])
     new = Root(env)
     if new.version != trusted.version + 1:
         raise VerificationError(
@@ -109,25 +127,47 @@ def update_root(trusted: Root, raw: bytes | str, now: datetime | None = None) ->
     return new
 
 
-def update_root_chain(
-    trusted: Root, raws: list[bytes | str | dict[str, Any]], now: datetime | None = None
-) -> Root:
-    """Walk a list of root documents (any order, old ones ignored) from `trusted` to the newest.
-
-    Items may be raw bytes/str or already-parsed envelopes (the `roots` topic carries a JSON list).
-    """
-    by_version: dict[int, bytes | str] = {}
+def _candidates(trusted: Root, raws: list[bytes | str | dict[str, Any]]) -> dict[int, list[bytes | str]]:
+    """Newer root documents by claimed version; items that are not even JSON are skipped (a
+    garbage entry in the list must not hide the valid ones)."""
+    by_version: dict[int, list[bytes | str]] = {}
     for item in raws:
-        raw = dumps(item) if isinstance(item, dict) else item
-        env = parse(raw)
-        v = env["signed"].get("version")
-        if isinstance(v, int) and v > trusted.version:
-            by_version[v] = raw
-    root = trusted
-    while root.version + 1 in by_version:
-        root = update_root(root, by_version[root.version + 1], now)
-    if root is not trusted and root.expires <= (now or utcnow()):
-        raise VerificationError(EXPIRED, f"root v{root.version} expired at {root.signed['expires']}")
+        try:
+            raw = dumps(item) if isinstance(item, dict) else item
+            v = parse(raw)["signed"].get("version")
+        except (VerificationError, ValueError, RecursionError) as e:
+            log.warning("ignoring an unreadable root document: %s", str(e)[:200])
+            continue
+        if isinstance(v, int) and not isinstance(v, bool) and v > trusted.version:
+            by_version.setdefault(v, []).append(raw)
+    return by_version
+
+
+def update_root_chain(trusted: Root, raws: list[bytes | str | dict[str, Any]]) -> Root:
+    """Walk root documents (any order, old ones ignored) from `trusted` to the newest reachable.
+
+    Items may be raw bytes/str or already-parsed envelopes (the `roots` topic carries a JSON
+    list). Several candidates for one version are tried in turn, so a forged entry cannot block
+    the real one. Returns the newest root reached, expired or not; raises the refusal of the
+    next version only when not a single step could be taken.
+    """
+    by_version = _candidates(trusted, raws)
+    root, refusal = trusted, None
+    for _ in range(MAX_ROOT_ROTATIONS):
+        step = None
+        for raw in by_version.get(root.version + 1, []):
+            try:
+                step = update_root(root, raw)
+                break
+            except VerificationError as e:
+                refusal = refusal or e
+        if step is None:
+            break
+        root, refusal = step, None
+    if root is trusted and refusal is not None:
+        raise refusal
+    if refusal is not None:
+        log.warning("root chain stops at v%d: %s", root.version, refusal)
     return root
 
 

@@ -198,7 +198,9 @@ def test_http_parameters_say_who_served(model_dir: Path, cloud: ServeProcess) ->
 def test_unload_over_http_falls_back_to_cloud(model_dir: Path, cloud: ServeProcess) -> None:
     """Triton's repository extension: an unloaded model is answered by the cloud (missing_model)."""
     e = engine_with(model_dir, cloud.url, {"cls": fb.Policy()})
-    srv = ServerThread(build_app(e)).start()
+    token = "t" * 32
+    admin = {"Authorization": f"Bearer {token}"}
+    srv = ServerThread(build_app(e, admin_token=token)).start()
     try:
         doc = {
             "inputs": [
@@ -209,10 +211,10 @@ def test_unload_over_http_falls_back_to_cloud(model_dir: Path, cloud: ServeProce
             httpx.post(srv.url + "/v2/models/cls/infer", json=doc).json()["parameters"]["served_by"]
             == "local"
         )
-        assert httpx.post(srv.url + "/v2/repository/models/cls/unload").status_code == 200
+        assert httpx.post(srv.url + "/v2/repository/models/cls/unload", headers=admin).status_code == 200
         p = httpx.post(srv.url + "/v2/models/cls/infer", json=doc, timeout=10).json()["parameters"]
         assert (p["served_by"], p["fallback_reason"]) == ("cloud", "missing_model")
-        r = httpx.post(srv.url + "/v2/repository/models/cls/unload")
+        r = httpx.post(srv.url + "/v2/repository/models/cls/unload", headers=admin)
         assert r.status_code == 404 and "not loaded" in r.json()["error"]
     finally:
         srv.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -14,9 +15,11 @@ from agent.daemon import Agent
 from tests.agent.brokers import Fleet, Mosquitto
 from tests.agent.conftest import free_port
 from tests.agent.support import ArtifactServer, Keys, expected_probs, manifest
+from tests.fleet.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 X = np.array([[2.0, 1.0, 0.0, 0.0]], np.float32)
+SRV, SRV_PW = "fleet-server", "server-secret"  # the fleet's own MQTT user on the embedded broker
 
 
 def agent_config(tmp_path: Path, keys: Keys, port: int, protocol: str) -> dict:
@@ -35,10 +38,42 @@ def _states(msgs: list[dict], version: str) -> list[str]:
     return [m["state"] for m in msgs if m.get("version") == version and not m.get("heartbeat")]
 
 
-def _update_flow(tmp_path: Path, files: Path, http: ArtifactServer, port: int, protocol: str) -> None:
+def embedded_broker(tmp_path: Path, port: int, devices: tuple[str, ...] = ("dev-1",)) -> tuple[Any, dict]:
+    """The embedded broker as the fleet runs it: enrolled devices and a server user only.
+    Returns it and each device's password."""
+    from fleet.broker import EmbeddedBroker
+    from fleet.credentials import open_store
+
+    store = open_store(tmp_path / "fleet-state")
+    passwords = {d: store.issue(d) for d in devices}
+    broker = EmbeddedBroker(
+        "127.0.0.1",
+        port,
+        fleet="f",
+        credentials=store,
+        server_user=SRV,
+        server_password=SRV_PW,
+        close_credentials=True,
+    )
+    broker.start()
+    return broker, passwords
+
+
+def _update_flow(
+    tmp_path: Path,
+    files: Path,
+    http: ArtifactServer,
+    port: int,
+    protocol: str,
+    password: str | None = None,
+) -> None:
     keys = Keys.make()
-    fleet = Fleet(port, protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
-    agent = Agent(agent_config(tmp_path, keys, port, protocol))
+    creds = {"username": SRV, "password": SRV_PW} if password else {}
+    fleet = Fleet(port, protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311, **creds)
+    cfg = agent_config(tmp_path, keys, port, protocol)
+    if password:
+        cfg["mqtt"].update(username="dev-1", password=password)
+    agent = Agent(cfg)
     agent.start()
     try:
         fleet.wait(lambda ms: any(m.get("online") is True for m in ms), which="online")
@@ -79,13 +114,10 @@ def _update_flow(tmp_path: Path, files: Path, http: ArtifactServer, port: int, p
 
 
 def test_update_over_embedded_amqtt(tmp_path, files, http) -> None:
-    from fleet.broker import EmbeddedBroker
-
     port = free_port()
-    broker = EmbeddedBroker("127.0.0.1", port, fleet="f")
-    broker.start()
+    broker, passwords = embedded_broker(tmp_path, port)
     try:
-        _update_flow(tmp_path, files, http, port, "3.1.1")
+        _update_flow(tmp_path, files, http, port, "3.1.1", passwords["dev-1"])
     finally:
         broker.stop()
 
@@ -142,29 +174,34 @@ def test_broker_restart_survived(tmp_path, files, http) -> None:
         broker.stop()
 
 
-def test_password_auth_and_device_acl_on_embedded_broker(tmp_path, files, http) -> None:
-    """username/password from config against the embedded broker with per-device ACLs."""
-    from fleet.broker import EmbeddedBroker
+def test_enrolment_bundle_auth_on_embedded_broker(tmp_path, files, http) -> None:
+    """An agent configured from an enrolment bundle (`[agent] enrolment`) gets its update; with a
+    wrong password it never gets a session and says why."""
+    from agent.config import load_agent_config
+    from edgekit.enrolment import BrokerAccess, Enrolment, write_bundle
 
     port = free_port()
-    broker = EmbeddedBroker(
-        "127.0.0.1",
-        port,
-        fleet="f",
-        users={"dev-1": "s3cret", "srv": "x"},
-        allow_anonymous=False,
-        server_user="srv",
-    )
-    broker.start()
+    broker, passwords = embedded_broker(tmp_path, port)
     keys = Keys.make()
-    cfg = agent_config(tmp_path, keys, port, "3.1.1")
-    pw = tmp_path / "pw"
-    pw.write_text("s3cret\n")
-    cfg["mqtt"].update(username="dev-1", password=pw.read_text().strip())
-    agent = Agent(cfg)
+
+    def bundle_config(name: str, password: str) -> dict:
+        e = Enrolment(
+            fleet="f",
+            device="dev-1",
+            broker=BrokerAccess(url=f"mqtt://127.0.0.1:{port}", username="dev-1", protocol="3.1.1"),
+        )
+        write_bundle(tmp_path / name, e, root=keys.root_bytes(), password=password, ca=None)
+        toml = tmp_path / f"{name}.toml"
+        toml.write_text(
+            f'[agent]\nenrolment = "{tmp_path / name}"\ndata_dir = "{tmp_path / name / "data"}"\n'
+            "heartbeat_s = 0.5\n[server]\nenabled = false\n[mqtt]\nkeepalive = 5\n"
+        )
+        return load_agent_config(toml)
+
+    agent = Agent(bundle_config("good", passwords["dev-1"]))
     fleet = None
     try:
-        fleet = Fleet(port, username="srv", password="x")
+        fleet = Fleet(port, username=SRV, password=SRV_PW)
         agent.start()
         assert agent.mqtt.connected.wait(10)
         fleet.publish_desired(
@@ -177,17 +214,12 @@ def test_password_auth_and_device_acl_on_embedded_broker(tmp_path, files, http) 
         agent.stop()
         if fleet:
             fleet.stop()
-        broker.stop()
-    # a wrong password never gets a session
-    (tmp_path / "b").mkdir()
-    cfg2 = agent_config(tmp_path / "b", keys, port, "3.1.1")
-    broker = EmbeddedBroker("127.0.0.1", port, fleet="f", users={"dev-1": "s3cret"}, allow_anonymous=False)
-    broker.start()
-    cfg2["mqtt"].update(username="dev-1", password="wrong")
-    bad = Agent(cfg2)
+    bad = Agent(bundle_config("bad", "wrong"))
     try:
         bad.start()
-        assert not bad.mqtt.connected.wait(2)
+        wait_for(lambda: "refused" in (bad.mqtt.last_error or ""), what="the refusal recorded")
+        assert "Bad user name or password" in bad.mqtt.last_error
+        assert not bad.mqtt.connected.is_set()
     finally:
         bad.stop()
         broker.stop()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from fleet import config as fleet_config
+from tests.fleet.helpers import enroller
 from tests.support import mosquitto
 from tests.support.net import free_port, free_ports
 
@@ -49,7 +50,7 @@ def fleet_env(broker_kind: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         port = free_port()
         cfg = server_config(tmp_path, port, embedded=True)
         with FleetServer(cfg) as srv:
-            yield {"server": srv, "port": port, "password": None, "kind": broker_kind}
+            yield {"server": srv, "port": port, "password": enroller(srv.state_dir), "kind": broker_kind}
     else:
         users = {f"dev-{i:03d}": device_pw for i in range(200)}
         with mosquitto.Mosquitto(FLEET, users) as m:

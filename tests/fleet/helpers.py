@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from fleet.credentials import open_store
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -11,3 +14,20 @@ def wait_for(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condi
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def enroller(state_dir: Path) -> Callable[[str], str]:
+    """device -> its MQTT password, enrolling it in the fleet's credential store on first use
+    (what `edgekit fleet devices enroll` does); the embedded broker admits nobody else."""
+    passwords: dict[str, str] = {}
+
+    def password(device: str) -> str:
+        if device not in passwords:
+            store = open_store(state_dir)
+            try:
+                passwords[device] = store.issue(device)
+            finally:
+                store.close()
+        return passwords[device]
+
+    return password

@@ -16,7 +16,7 @@ from edgekit import topics
 from edgekit.protocol import Status
 from fleet.server import FleetServer
 from tests.fleet.conftest import FLEET, server_config
-from tests.fleet.helpers import wait_for
+from tests.fleet.helpers import enroller, wait_for
 from tests.support import mosquitto
 from tests.support.net import free_port
 
@@ -100,11 +100,10 @@ def test_mosquitto_acl_per_device(tmp_path):
 
 def test_embedded_broker_acl_per_device(tmp_path):
     port = free_port()
-    cfg = server_config(
-        tmp_path, port, embedded=True, username="fleet-server", password="srv", allow_anonymous=False
-    )
-    cfg["broker_users"] = {"dev-001": "pw1", "dev-002": "pw2"}
+    cfg = server_config(tmp_path, port, embedded=True, username="fleet-server", password="srv")
     with FleetServer(cfg) as srv:
+        password = enroller(srv.state_dir)
+        password("dev-002")
         anon = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anon", protocol=mqtt.MQTTv311)
         refused = threading.Event()
         anon.on_connect = lambda _c, _u, _f, rc, _p: rc.is_failure and refused.set()
@@ -115,7 +114,7 @@ def test_embedded_broker_acl_per_device(tmp_path):
 
         got: list[bytes] = []
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-001", protocol=mqtt.MQTTv311)
-        c.username_pw_set("dev-001", "pw1")
+        c.username_pw_set("dev-001", password("dev-001"))
         c.on_message = lambda _c, _u, msg: got.append(msg.topic)
         c.connect("127.0.0.1", port)
         c.loop_start()

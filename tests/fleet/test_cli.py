@@ -82,7 +82,16 @@ def test_serve_publish_rollout_devices(tmp_path: Path):
     try:
         wait_port(ports["admin"], timeout=20)
         root = load_trusted_root((tmp_path / "state" / "root.json").read_bytes())
-        pool = DevicePool("cli", root, "127.0.0.1", ports["mqtt"])
+        # The embedded broker admits enrolled devices only: each gets its bundle from the CLI.
+        passwords = {}
+        for i in range(6):
+            out = tmp_path / f"d{i}-bundle"
+            info = json.loads(
+                edgekit("fleet", "devices", "enroll", f"d{i}", "--out", str(out), "--json", cfg=cfg).stdout
+            )
+            assert info["device"] == f"d{i}" and info["broker_url"] == f"mqtt://127.0.0.1:{ports['mqtt']}"
+            passwords[f"d{i}"] = (out / "mqtt.password").read_text().strip()
+        pool = DevicePool("cli", root, "127.0.0.1", ports["mqtt"], passwords.__getitem__)
         for i in range(6):
             pool.add(f"d{i}", {"site": "x"})
         pool.connect_all()

@@ -22,7 +22,7 @@ from fleet.desired import DesiredStore
 from fleet.publisher import Publisher
 from fleet.server import FleetServer
 from tests.fleet.conftest import FLEET, server_config
-from tests.fleet.helpers import wait_for
+from tests.fleet.helpers import enroller, wait_for
 from tests.support import mosquitto
 from tests.support.convert_output import make_convert_output
 from tests.support.devices import DevicePool, SimDevice
@@ -37,7 +37,8 @@ _ids = itertools.count()
 
 
 class Spy:
-    """A paho client with the server's credentials recording every `desired` message it gets."""
+    """A paho client with the observer's credentials recording every `desired` message it gets
+    (not the server's: with the client id bound to the username it would replace the server)."""
 
     def __init__(self, port: int, m: mosquitto.Mosquitto | None = None):
         self.msgs: list[tuple[str, bytes, bool]] = []
@@ -45,7 +46,7 @@ class Spy:
         self.subscribed = threading.Event()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"spy-{next(_ids)}", clean_session=True)
         if m is not None:
-            c.username_pw_set(m.server_user, m.server_password)
+            c.username_pw_set(m.observer_user, m.observer_password)
         c.on_connect = lambda cl, _u, _f, rc, _p: (
             rc.is_failure or cl.subscribe(topics.all_devices(FLEET, "desired"), qos=1)
         )
@@ -302,11 +303,12 @@ def test_restarted_server_republishes_to_a_fresh_embedded_broker(tmp_path):
     cfg = server_config(tmp_path, port, embedded=True)
     srv = FleetServer(cfg)
     srv.start()
+    password = enroller(srv.state_dir)  # enrolments outlive the server (and its broker)
     pool: DevicePool | None = None
     try:
         srv.registry.publish(make_convert_output(tmp_path / "out"), "tiny", "1.0")
-        register_then_leave(srv, port, ["dev-000", "late-0"])
-        pool = pool_for(srv, port)
+        register_then_leave(srv, port, ["dev-000", "late-0"], password)
+        pool = pool_for(srv, port, password)
         pool.add("dev-000", {"site": "x"})
         pool.connect_all()
         rid = srv.engine.start("tiny", "1.0", {"site": "x"}, [100], 1.0, 0.0, 600)
@@ -319,7 +321,7 @@ def test_restarted_server_republishes_to_a_fresh_embedded_broker(tmp_path):
         srv = FleetServer(cfg)
         srv.start()
         assert srv.resyncs == 1
-        pool = pool_for(srv, port)
+        pool = pool_for(srv, port, password)
         pool.add("late-0", {"site": "x"})
         pool.connect_all()
         wait_for(lambda: srv.engine.status(rid)["state"] == "completed", T, "rollout completed")

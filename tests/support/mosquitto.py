@@ -1,10 +1,15 @@
-"""Start a real Mosquitto on a free loopback port with a password file and per-device ACLs.
+"""Start a real Mosquitto on a free loopback port with the configuration docs/fleet.md documents.
 
     with Mosquitto(fleet="f1", users={"dev-1": "pw", ...}, server_user="fleet", server_password="x") as m:
         m.port ...
 
-Devices authenticate with username = device id; the ACL patterns (`%u`) let each one read only
-its own `desired` (and the fleet's `roots`) and write only its own `status` and `online`.
+The ACL, the password file (our own $7$ hashes) and the settings (no anonymous clients, client id
+= username) come from fleet.mosquitto, what `edgekit fleet mosquitto-config` writes. Devices
+authenticate with username = device id; the `%u` patterns let each one read only its own
+`desired` (and the fleet's `roots`) and write only its own `status` and `online`.
+Because the client id is the username, one user has one connection: a test that watches the
+broker next to a running fleet server logs in as `observer_user` (read/write on the fleet, a
+test-only user), never as the server.
 Run as root, Mosquitto would drop to user `mosquitto`; `user root` in the config keeps it
 able to read the 0600 files in our temp dir (as a normal user the setting is ignored).
 
@@ -22,25 +27,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleet import mosquitto as config
+from fleet.credentials import hash_password
 from tests.support.net import free_port, wait_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+OBSERVER = "test-observer"
 
 
 def available() -> bool:
-    return os.path.exists(MOSQUITTO) and os.path.exists(MOSQUITTO_PASSWD)
-
-
-def acl_text(fleet: str, server_user: str) -> str:
-    base = f"edgekit/{fleet}"
-    return (
-        f"user {server_user}\ntopic readwrite edgekit/#\n\n"
-        f"pattern read {base}/devices/%u/desired\n"
-        f"pattern read {base}/roots\n"
-        f"pattern write {base}/devices/%u/status\n"
-        f"pattern write {base}/devices/%u/online\n"
-    )
+    return os.path.exists(MOSQUITTO)
 
 
 @dataclass(frozen=True)
@@ -61,33 +57,23 @@ class Mosquitto:
         server_password: str = "server-secret",
         port: int | None = None,
         tls: TlsFiles | None = None,
+        include_dir: Path | None = None,
     ):
-        self.fleet, self.users, self.tls = fleet, dict(users), tls
+        """`include_dir`: run with what `edgekit fleet mosquitto-config --out DIR` wrote instead
+        of generating the password file and ACL here (`users` then only documents who is in it)."""
+        self.fleet, self.devices, self.tls, self.include_dir = fleet, dict(users), tls, include_dir
         self.server_user, self.server_password = server_user, server_password
-        self.users[server_user] = server_password
+        self.observer_user, self.observer_password = OBSERVER, "observer-secret"
+        self.users = {**self.devices, server_user: server_password, OBSERVER: self.observer_password}
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Mosquitto:
-        if self.tls:
-            auth = (
-                f"cafile {self.tls.ca}\ncertfile {self.tls.cert}\nkeyfile {self.tls.key}\n"
-                "require_certificate true\nuse_identity_as_username true\n"
-            )
-        else:
-            passwd = self.dir / "passwd"
-            # Plain text first, then hash every line in one call (-U): fast even for 5,000 devices.
-            passwd.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
-            subprocess.run([MOSQUITTO_PASSWD, "-U", str(passwd)], check=True, capture_output=True)
-            auth = f"password_file {passwd}\n"
-        (self.dir / "acl").write_text(acl_text(self.fleet, self.server_user))
         conf = self.dir / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous false\n"
-            f"{auth}"
-            f"acl_file {self.dir / 'acl'}\n"
+            f"{self._security()}"
             "persistence false\n"
             "user root\n"
             "max_queued_messages 100000\n"
@@ -105,6 +91,27 @@ class Mosquitto:
                 f"mosquitto did not start: {(self.dir / 'mosquitto.log').read_text()}"
             ) from None
         return self
+
+    def _security(self) -> str:
+        if self.include_dir is not None:
+            return f"include_dir {self.include_dir}\n"
+        passwd: Path | None = None
+        tls = ""
+        if self.tls:
+            tls = (
+                f"cafile {self.tls.ca}\ncertfile {self.tls.cert}\nkeyfile {self.tls.key}\n"
+                "require_certificate true\nuse_identity_as_username true\n"
+            )
+        else:
+            passwd = self.dir / "passwd"
+            passwd.write_text(config.passwd_text((u, hash_password(p)) for u, p in self.users.items()))
+        acl = self.dir / "acl"
+        observer = f"user {self.observer_user}\ntopic readwrite edgekit/{self.fleet}/#\n\n"
+        acl.write_text(observer + config.acl_text(self.fleet, self.server_user, self.devices))
+        return tls + config.conf_text(acl, passwd)
+
+    def log_text(self) -> str:
+        return (self.dir / "mosquitto.log").read_text(errors="replace")
 
     def terminate(self) -> None:
         """Stop the broker process only (SIGTERM, then SIGKILL); keep its files and port."""

@@ -1,0 +1,49 @@
+"""Which versions a device may report as active: the ones the fleet offered it.
+
+A device's `active` report is what operators and the rollout engine believe it runs, so a
+version the server never sent it (a buggy or hostile agent, a forged report) must not become
+its recorded state. Offered means a manifest was issued for it: a rollout dispatched that
+version to the device, or an abort sent it as the rollback target. The one exception is the
+enrolment baseline: a device the fleet has never offered anything and that has no recorded
+active version may report what it came with (first contact, trust on first use); from then on
+only offers count. Re-reporting the version already recorded (a heartbeat) is always accepted.
+
+The rollout tables already record every manifest sent (rollout_devices.sequence for the
+rollout's version, rollback_sequence for prev_model/prev_version), so they are the record of
+offers; no second table can drift from them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+NOT_OFFERED = "not_offered"
+
+Version = tuple[str, str | None]
+
+
+def active_refusal(
+    reported: Version, recorded: Version | None, offered: bool, ever_offered: bool
+) -> str | None:
+    """The decision, pure: None when the active report may be stored, else the refusal reason."""
+    if offered or reported == recorded:
+        return None
+    if recorded is None and not ever_offered:
+        return None  # the enrolment baseline
+    return NOT_OFFERED
+
+
+def check_active(c: sqlite3.Connection, device: str, model: str, version: str | None) -> str | None:
+    """`active_refusal` for one report, reading the device's offers inside the caller's tx."""
+    row = c.execute("SELECT active_model, active_version FROM devices WHERE id=?", (device,)).fetchone()
+    recorded = (row["active_model"], row["active_version"]) if row and row["active_model"] else None
+    offered = c.execute(
+        "SELECT 1 FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout WHERE rd.device=?"
+        " AND ((rd.sequence IS NOT NULL AND r.model=? AND r.version IS ?)"
+        " OR (rd.rollback_sequence IS NOT NULL AND rd.prev_model=? AND rd.prev_version IS ?)) LIMIT 1",
+        (device, model, version, model, version),
+    ).fetchone()
+    ever = c.execute(
+        "SELECT 1 FROM rollout_devices WHERE device=? AND sequence IS NOT NULL LIMIT 1", (device,)
+    ).fetchone()
+    return active_refusal((model, version), recorded, offered is not None, ever is not None)
