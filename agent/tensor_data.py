@@ -60,6 +60,8 @@ def from_json_data(data: Any, dtype: np.dtype, count: int, what: str) -> np.ndar
         ) from None
     if raw.size != count:
         raise OIPError(400, f"{what}: {raw.size} values for {count} elements of its shape")
+    if count == 0:  # `[]` parses as float64: an empty tensor of any datatype has no values to check
+        return np.empty(0, dtype=dtype)
     if raw.dtype.kind in "biuf":
         return _from_numbers(raw.ravel(), dtype, what)
     # Strings, None, objects, integers beyond 64 bits: the rare path, value by value.
