@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, String
 
 from agent.oip_types import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, OIPError, datatype_of
 from agent.tensor_data import from_json_data, to_json_list
+from edgekit import boundedjson
 
 __all__ = [
     "DATATYPE_TO_NUMPY",
@@ -82,6 +83,9 @@ class RequestParameters(BaseModel):
     binary_data_output: StrictBool = False
 
 
+_NO_PARAMETERS = RequestParameters()
+
+
 class InferRequestDoc(_Wire):
     id: Annotated[str, StringConstraints(max_length=MAX_ID)] | None = None
     inputs: Annotated[list[InputTensor], Field(min_length=1, max_length=MAX_TENSORS)]
@@ -126,7 +130,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         offset += used
     if offset != len(binary):
         raise OIPError(400, f"{len(binary) - offset} bytes of binary data follow the last binary input")
-    params = doc.parameters or RequestParameters()
+    params = doc.parameters or _NO_PARAMETERS
     outputs = None
     if doc.outputs is not None:
         outputs = {}
@@ -137,12 +141,14 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
 
 
 def _parse_json(head: memoryview) -> Any:
+    # Depth is bounded on the raw bytes before json.loads recurses: the structure takes 4 levels
+    # (request, inputs, tensor, data) and nested data one more per dimension.
     try:
-        return json.loads(bytes(head))
-    except RecursionError:
-        raise OIPError(400, "request JSON is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise OIPError(400, f"request body is not valid JSON: {str(e)[:200]}") from None
+        return boundedjson.loads(head, max_bytes=len(head), max_depth=MAX_RANK + 4)
+    except boundedjson.JsonLimitError as e:
+        if e.reason == boundedjson.TOO_DEEP:
+            raise OIPError(400, f"request JSON is nested too deeply ({e.detail})") from None
+        raise OIPError(400, f"request body is not valid JSON: {e.detail}") from None
 
 
 def _validated(raw: Any) -> InferRequestDoc:

@@ -69,41 +69,48 @@ def from_json_data(data: Any, dtype: np.dtype, count: int, what: str) -> np.ndar
 
 
 def _from_numbers(raw: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    name = _datatype_name(dtype)
     if dtype.kind == "b":
         if raw.dtype.kind != "b":
-            raise OIPError(400, f"{what}: {name} data must be true/false")
+            raise OIPError(400, f"{what}: {_datatype_name(dtype)} data must be true/false")
         return raw
     if raw.dtype.kind == "b":
-        raise OIPError(400, f"{what}: {name} data must be numbers, not true/false")
+        raise OIPError(400, f"{what}: {_datatype_name(dtype)} data must be numbers, not true/false")
     if dtype.kind in "iu":
         if raw.dtype.kind == "f":
-            raise OIPError(400, f"{what}: {name} data must be integers")
+            raise OIPError(400, f"{what}: {_datatype_name(dtype)} data must be integers")
         info = np.iinfo(dtype)
         if raw.size and (int(raw.min()) < info.min or int(raw.max()) > info.max):
-            raise OIPError(400, f"{what}: a value is out of the {name} range [{info.min}, {info.max}]")
+            raise OIPError(
+                400, f"{what}: a value is out of the {_datatype_name(dtype)} range [{info.min}, {info.max}]"
+            )
         return raw.astype(dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > dtype.itemsize:  # a narrowing cast can overflow
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = raw.astype(dtype)
+    else:
         out = raw.astype(dtype)
     finite = np.isfinite(out)
     if not finite.all() and (np.isfinite(raw) & ~finite).any():
-        raise OIPError(400, f"{what}: a value is out of the {name} range")
+        raise OIPError(400, f"{what}: a value is out of the {_datatype_name(dtype)} range")
     return out
 
 
 def _from_objects(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    name, items = _datatype_name(dtype), values.tolist()
+    items = values.tolist()
     if dtype.kind == "b":
         if not all(isinstance(v, bool) for v in items):
-            raise OIPError(400, f"{what}: {name} data must be true/false")
+            raise OIPError(400, f"{what}: {_datatype_name(dtype)} data must be true/false")
         return np.array(items, dtype=dtype)
     if dtype.kind in "iu":
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            raise OIPError(400, f"{what}: {name} data must be integers")
+            raise OIPError(400, f"{what}: {_datatype_name(dtype)} data must be integers")
         info = np.iinfo(dtype)
         if items and (min(items) < info.min or max(items) > info.max):
-            raise OIPError(400, f"{what}: a value is out of the {name} range [{info.min}, {info.max}]")
+            raise OIPError(
+                400, f"{what}: a value is out of the {_datatype_name(dtype)} range [{info.min}, {info.max}]"
+            )
         return np.array(items, dtype=dtype)
+    name = _datatype_name(dtype)
     return _from_numbers(np.array([_float_value(v, name, what) for v in items], np.float64), dtype, what)
 
 
@@ -122,6 +129,7 @@ def _float_value(v: Any, name: str, what: str) -> float:
 
 
 def _datatype_name(dtype: np.dtype) -> str:
+    # Only for messages: dtype.name costs more than converting a small tensor.
     return NUMPY_TO_DATATYPE.get(dtype.name, dtype.name)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,20 +118,16 @@ def load_npz(path: str | Path, card: ModelCard, purpose: str, need_labels: bool 
         )
     where = f"{purpose} data {p.name}"
     inputs: dict[str, np.ndarray] = {}
-    count = int(npz["__count__"]) if "__count__" in keys else None
+    count = _count(npz, where)
     for spec in card.inputs:
-        try:
-            arr = npz[spec.name]
-        except Exception as e:
-            raise DataError(f"{where}: cannot read {spec.name!r}: {e}") from e
-        arr = _cast(stacked(arr, spec, where), spec, where)
+        arr = _cast(stacked(read_array(npz, spec.name, where), spec, where), spec, where)
         if count is not None and len(arr) != count:
             raise DataError(f"{where}: inputs have different sample counts ({count} and {len(arr)})")
         count = len(arr)
         inputs[spec.name] = arr
     if not count:
         raise DataError(f"{where} has no samples")
-    labels = npz[LABELS_KEY] if LABELS_KEY in keys else None
+    labels = read_array(npz, LABELS_KEY, where) if LABELS_KEY in keys else None
     if need_labels and labels is None:
         raise DataError(f"{where} has no {LABELS_KEY!r} array (needed for top-1)")
     if labels is not None:
@@ -148,5 +145,31 @@ def inputs_have_rows(card: ModelCard) -> bool:
 def load_stack(path: str | Path) -> Dataset:
     """A stacked .npz this module wrote (workers and backends read the pipeline's files this way)."""
     npz = np.load(path, allow_pickle=False)
-    count = int(npz["__count__"]) if "__count__" in npz.files else None
-    return Dataset({k: npz[k] for k in npz.files if k != "__count__"}, None, Path(path), count)
+    where = f"data {Path(path).name}"
+    inputs = {k: read_array(npz, k, where) for k in npz.files if k != "__count__"}
+    return Dataset(inputs, None, Path(path), _count(npz, where))
+
+
+def read_array(npz: Any, key: str, where: str) -> np.ndarray:
+    """One array of an .npz, or a DataError naming it. Never unpickled: a pickle in a data file
+    runs code on load, so an object array (dicts, ragged lists, None) is refused, not read."""
+    try:
+        return npz[key]
+    except ValueError as e:
+        if "pickle" in str(e):  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+            raise DataError(
+                f"{where}: {key!r} is a pickled object array; edgekit does not unpickle data files",
+                hint="save numeric (or string) arrays of one shape, e.g. np.asarray(x, dtype=np.float32)",
+            ) from None
+        raise DataError(f"{where}: cannot read {key!r}: {e}") from None
+    except Exception as e:  # a damaged member of the zip
+        raise DataError(f"{where}: cannot read {key!r}: {type(e).__name__}: {e}") from None
+
+
+def _count(npz: Any, where: str) -> int | None:
+    if "__count__" not in npz.files:
+        return None
+    arr = read_array(npz, "__count__", where)
+    if arr.shape != () or arr.dtype.kind not in "iu":
+        raise DataError(f"{where}: '__count__' must be one integer, not {arr.dtype} {list(arr.shape)}")
+    return int(arr)

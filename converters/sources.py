@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
+from onnx.external_data_helper import uses_external_data
 
 from edgekit.errors import EdgekitError, InvalidModelError
 
@@ -63,13 +65,48 @@ def is_keras_model(obj: Any) -> bool:
     return any(m.startswith(("keras", "tf_keras", "tensorflow.python.keras")) for m in _class_modules(obj))
 
 
+def external_data_files(path: Path) -> list[str]:
+    """The external data files an .onnx names (locations relative to its folder), in first-use order."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    locations: list[str] = []
+    for t in _tensors(model.graph):
+        if uses_external_data(t):
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            if loc not in locations:
+                locations.append(loc)
+    return locations
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    yield from (sp.values for sp in graph.sparse_initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _tensors(g)
+
+
 def check_onnx(path: Path) -> onnx.ModelProto:
     """Load and check an ONNX file, turning protobuf/checker failures into one clear error."""
     if not path.exists():
         raise InvalidModelError(f"model file not found: {path}")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path))  # external data is read from locations relative to `path`
     except Exception as e:  # DecodeError for truncated files, others for garbage
+        external = external_data_files(path)
+        if external:  # a readable graph whose weights file is missing, unreadable or outside its folder
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InvalidModelError(
+                f"{path.name} keeps its weights in external data {external} (relative to "
+                f"{path.parent}), which cannot be read: {first}",
+                hint="keep the data file(s) next to the .onnx, where the model was saved with them",
+            ) from e
         raise InvalidModelError(
             f"{path.name} is not a readable ONNX model (truncated or not ONNX): {type(e).__name__}: {e}"
         ) from e
@@ -81,6 +118,24 @@ def check_onnx(path: Path) -> onnx.ModelProto:
         first = str(e).strip().splitlines()[0]
         raise InvalidModelError(f"{path.name} fails the ONNX checker: {first}") from e
     return model
+
+
+def _private_copy(path: Path, model: onnx.ModelProto, dest: Path) -> None:
+    """`dest` as a self-contained copy of `path`. External data files live next to the model at
+    relative locations, so copying the .onnx alone loses them: the weights (already read into
+    `model`) are written inline, or, past protobuf's 2 GB, into one `<dest>.data` beside it."""
+    if not external_data_files(path):
+        shutil.copyfile(path, dest)
+    elif model.ByteSize() < onnx.checker.MAXIMUM_PROTOBUF:
+        onnx.save(model, str(dest))
+    else:
+        onnx.save(
+            model,
+            str(dest),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{dest.name}.data",
+        )
 
 
 def load_source(
@@ -102,8 +157,7 @@ def load_source(
     if isinstance(model, str | Path):
         path = Path(model)
         if path.suffix == ".onnx":
-            check_onnx(path)
-            shutil.copyfile(path, dest)
+            _private_copy(path, check_onnx(path), dest)
             return Source(dest, "onnx", str(path), sha256_file(path), path.stem)
         if path.suffix in (".keras", ".h5") or (path.is_dir() and (path / "saved_model.pb").exists()):
             from converters.keras_source import keras_to_onnx

@@ -80,7 +80,8 @@ def _binary(shape: list[int], size: int, payload: bytes) -> tuple[bytes, dict[st
 BAD_REQUESTS = {
     # (body, extra headers, a word the error must contain)
     "nested 100000 deep": (b"[" * 100_000 + b"]" * 100_000, {}, "nested"),
-    "nested inside data": (_tensor(data=json.loads("[" * 500 + "1" + "]" * 500)), {}, "data"),
+    "nested inside data": (_tensor(data=json.loads("[" * 500 + "1" + "]" * 500)), {}, "nested"),
+    "data 40 deep (more than any rank)": (_tensor(data=json.loads("[" * 40 + "1" + "]" * 40)), {}, "nested"),
     "shape 2**62 x 4 (np.prod wraps to 0)": (_tensor(shape=[2**62, 4], data=[]), {}, "elements"),
     "shape 2**32 x 2**32 (np.prod wraps to 0)": (_tensor(shape=[2**32, 2**32], data=[]), {}, "elements"),
     "100 dims": (_tensor(shape=[1] * 100, data=[1]), {}, "shape"),
