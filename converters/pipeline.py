@@ -28,7 +28,7 @@ from converters.data import Dataset, load_npz
 from converters.legalize import legalize
 from converters.optimize import optimize
 from converters.report import DROP, FAILED, MISMATCH, OK, SKIPPED, ArtifactReport, FileEntry, Report
-from converters.sources import load_source, sha256_file
+from converters.sources import load_source
 from converters.synth import synthesize
 from edgekit import __version__, formats
 from edgekit.errors import (
@@ -39,6 +39,7 @@ from edgekit.errors import (
     ToolchainMissingError,
 )
 from edgekit.modelcard import ModelCard
+from edgekit.trust.artifact import sha256_file
 from targets.runtimes.base import open_runtime
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ module, so torch and tensorflow are never imported unless the user passed one of
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from edgekit.errors import EdgekitError, InvalidModelError
+from edgekit.trust.artifact import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ class Source:
         return SAMPLES_DIR / {"card": f"{SAMPLES[self.sample]}.json"}.get(
             suffix, f"{self.sample}_{suffix}.npz"
         )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _class_modules(obj: Any) -> list[str]:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from converters.backends.base import ExportJob, ExportResult, timeout_of
-from converters.sources import sha256_file
 from converters.toolchains import manager
 from edgekit.errors import BackendError, UnsupportedOperatorError
 from edgekit.formats import TARGETS
+from edgekit.trust.artifact import sha256_file
 
 TARGET = TARGETS["tflite"]  # mode -> args {"onnx2tf": precision to ask for, "suffix": file suffix}
 
@@ -60,7 +60,9 @@ def run_onnx2tf(job: ExportJob, precisions: set[str], work_dir: Path) -> Onnx2tf
     """onnx2tf for `job.model_path`, reusing a cached run in work_dir when it has what is asked."""
     layout = layout_of(job)
     cache = work_dir / "onnx2tf" / f"{sha256_file(job.model_path)[:20]}-{layout}"
-    calib_sha = sha256_file(job.calibration_npz) if job.calibration_npz and "full_integer" in precisions else None
+    calib_sha = (
+        sha256_file(job.calibration_npz) if job.calibration_npz and "full_integer" in precisions else None
+    )
     manifest = cache / "manifest.json"
     with _locked(cache):
         old = json.loads(manifest.read_text()) if manifest.exists() else None
