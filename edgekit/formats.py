@@ -103,14 +103,6 @@ _PASSES_TF = (
     "expand-DepthToSpace",
     "expand-SpaceToDepth",
     "expand-CastLike",  # onnx2tf has no CastLike converter
-    "expand-LayerNormalization",
-    "expand-ReduceLogSumExp",
-    "expand-ReduceLogSum",
-    "expand-Softsign",
-    "expand-BlackmanWindow",
-    "expand-HammingWindow",
-    "expand-HannWindow",
-    "expand-CenterCropPad",
     *_PASSES_TAIL,
 )
 _PASSES: dict[str, tuple[str, ...]] = {
