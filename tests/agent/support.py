@@ -15,13 +15,18 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from agent.models import ModelRegistry
 from agent.server import ServerThread
+from agent.state import StateStore
+from agent.store import ModelStore
+from agent.updater import Updater
 from edgekit.trust import (
     SigningKey,
     build_manifest,
     build_root,
     build_smoke_test,
     dumps,
+    load_trusted_root,
     sign,
     sign_root,
 )
@@ -154,3 +159,25 @@ def manifest(
         now=now,
     )
     return dumps(sign(signed, [signer or keys.release]))
+
+
+# The input every update test runs through the tiny classifier `cls` (expected_probs gives its answer).
+X = np.array([[2.0, 1.0, 0.0, 0.0]], np.float32)
+
+
+def make_updater(
+    tmp_path: Path, keys: Keys, reports: list[dict[str, Any]] | None = None, **download_opts: Any
+) -> Updater:
+    """A real Updater for device dev-1 of fleet f, its store and state under tmp_path/agent."""
+    data = tmp_path / "agent"
+    return Updater(
+        store=ModelStore(data / "store"),
+        states=StateStore(data / "state"),
+        registry=ModelRegistry(),
+        root=load_trusted_root(keys.root_bytes()),
+        fleet="f",
+        device="dev-1",
+        trust_file=data / "trust.json",
+        report=(reports.append if reports is not None else None),
+        download_opts={"retries": 1, "timeout": 10, **download_opts},
+    )

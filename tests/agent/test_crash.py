@@ -18,6 +18,7 @@ import pytest
 from tests.agent.brokers import Fleet, Mosquitto
 from tests.agent.conftest import REPO, free_port
 from tests.agent.support import ArtifactServer, Keys, manifest
+from tests.support.procs import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -124,12 +125,7 @@ def test_kill9_mid_download_resumes(tmp_path: Path, model_dir: Path) -> None:
         fleet.wait(lambda ms: any(m["state"] == "active" and m.get("version") == "big-1" for m in ms))
         assert len(ranges) == 2
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         fleet.stop()
         broker.stop()
         http.stop()

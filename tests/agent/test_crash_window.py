@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -22,6 +21,7 @@ from tests.agent.brokers import Fleet, Mosquitto
 from tests.agent.conftest import free_port
 from tests.agent.support import ArtifactServer, Keys, manifest
 from tests.agent.test_crash import start_agent, wait_for, write_config
+from tests.support.procs import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,19 +55,16 @@ def test_kill9_after_sequence_persist_then_restart_completes_the_update(
 
         proc = start_agent(cfg, tmp_path / "agent.log")  # no fault this time
         wait_for(
-            lambda: json.loads(state_file.read_text())["state"] == "active", timeout=60, what="active after restart"
+            lambda: json.loads(state_file.read_text())["state"] == "active",
+            timeout=60,
+            what="active after restart",
         )
         msgs = fleet.wait(lambda ms: any(m["state"] == "active" and m.get("version") == "1" for m in ms))
         assert not [m for m in msgs if m.get("refused") or m.get("reason") == "replay"]
         r = httpx.get(f"http://127.0.0.1:{agent_port}/v2/models/cls/ready", timeout=5)
         assert r.status_code == 200
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
         fleet.stop()
         broker.stop()
         http.stop()

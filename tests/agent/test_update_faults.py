@@ -17,33 +17,18 @@ import numpy as np
 import pytest
 
 from agent.download_limits import DownloadLimits
-from agent.models import ModelRegistry
-from agent.state import StateStore
-from agent.store import ModelStore
 from agent.updater import Updater
-from edgekit.trust import SigningKey, load_trusted_root
+from edgekit.trust import SigningKey
 from tests.agent.faulty_http import FaultyArtifactServer
-from tests.agent.support import ArtifactServer, Keys, expected_probs, manifest
+from tests.agent.support import ArtifactServer, Keys, X, expected_probs, make_updater, manifest
 from tests.agent.test_crash import wait_for
 
 pytestmark = pytest.mark.timeout(60)
-X = np.array([[2.0, 1.0, 0.0, 0.0]], np.float32)
 PATIENT = DownloadLimits(deadline_s=600, min_bytes_per_s=0)  # only a cancel can end a trickle
 
 
-def make_updater(tmp_path: Path, keys: Keys, reports: list[dict[str, Any]], **opts: Any) -> Updater:
-    data = tmp_path / "agent"
-    return Updater(
-        store=ModelStore(data / "store"),
-        states=StateStore(data / "state"),
-        registry=ModelRegistry(),
-        root=load_trusted_root(keys.root_bytes()),
-        fleet="f",
-        device="dev-1",
-        trust_file=data / "trust.json",
-        report=reports.append,
-        download_opts={"retries": 0, "timeout": 30, **opts},
-    )
+def faulty_updater(tmp_path: Path, keys: Keys, reports: list[dict[str, Any]], **opts: Any) -> Updater:
+    return make_updater(tmp_path, keys, reports, retries=0, timeout=30, **opts)
 
 
 def part_of(u: Updater, file: Path) -> Path:
@@ -60,7 +45,7 @@ def slow(files: Path) -> Iterator[FaultyArtifactServer]:
 @pytest.fixture
 def worker(tmp_path: Path, keys: Keys) -> Iterator[tuple[Updater, list[dict[str, Any]]]]:
     reports: list[dict[str, Any]] = []
-    u = make_updater(tmp_path, keys, reports, limits=PATIENT)
+    u = faulty_updater(tmp_path, keys, reports, limits=PATIENT)
     yield u, reports
     u.stop()
 
@@ -100,13 +85,19 @@ def test_newer_update_proceeds_after_cancel_and_replays_or_forgeries_cancel_noth
 ) -> None:
     u, reports = worker
     u.start()
-    seq1 = manifest(keys, file=files / "cls_v1.onnx", url=slow.file_url("cls_v1.onnx"), sequence=1, version="1")
+    seq1 = manifest(
+        keys, file=files / "cls_v1.onnx", url=slow.file_url("cls_v1.onnx"), sequence=1, version="1"
+    )
     u.submit(seq1)
     part = part_of(u, files / "cls_v1.onnx")
     wait_for(lambda: part.exists() and part.stat().st_size > 0, what="trickle started")
     u.submit(seq1)  # the retained copy, redelivered on a reconnect
     forged = manifest(
-        keys, file=files / "cls_v2.onnx", url=http.url + "cls_v2.onnx", sequence=9, version="9",
+        keys,
+        file=files / "cls_v2.onnx",
+        url=http.url + "cls_v2.onnx",
+        sequence=9,
+        version="9",
         signer=SigningKey.generate(),
     )
     u.submit(forged)
@@ -115,7 +106,11 @@ def test_newer_update_proceeds_after_cancel_and_replays_or_forgeries_cancel_noth
     assert not any(r.get("reason") == "superseded" for r in reports)
     u.submit(
         manifest(
-            keys, file=files / "cls_v2.onnx", url=http.url + "cls_v2.onnx", sequence=2, version="2",
+            keys,
+            file=files / "cls_v2.onnx",
+            url=http.url + "cls_v2.onnx",
+            sequence=2,
+            version="2",
             smoke_bias=0.5,
         )
     )
@@ -128,7 +123,7 @@ def test_redirect_loop_is_a_named_failure_without_traceback(
     tmp_path: Path, keys: Keys, files: Path, slow: FaultyArtifactServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     reports: list[dict[str, Any]] = []
-    u = make_updater(tmp_path, keys, reports)
+    u = faulty_updater(tmp_path, keys, reports)
     caplog.set_level(logging.DEBUG)
     out = u.handle(
         manifest(keys, file=files / "cls_v1.onnx", url=slow.url + "/loop/0", sequence=1, version="1")
@@ -144,11 +139,13 @@ def test_failed_downloads_keep_one_part_and_it_still_resumes(
 ) -> None:
     slow.bytes_per_s = None
     reports: list[dict[str, Any]] = []
-    u = make_updater(tmp_path, keys, reports)
+    u = faulty_updater(tmp_path, keys, reports)
     names = ["slow.onnx", "cls_v2.onnx", "cls_v1.onnx"]  # three different artifacts
     for seq, name in enumerate(names, 1):
         slow.cut_at = (files / name).stat().st_size // 2  # the link dies half way
-        out = u.handle(manifest(keys, file=files / name, url=slow.file_url(name), sequence=seq, version=str(seq)))
+        out = u.handle(
+            manifest(keys, file=files / name, url=slow.file_url(name), sequence=seq, version=str(seq))
+        )
         assert out == "rolled_back:download"
         assert len(list(u.store.incoming.iterdir())) == 1  # not one more per failure
     last = part_of(u, files / "cls_v1.onnx")
@@ -168,9 +165,11 @@ def test_stop_does_not_wait_for_a_trickle_and_the_restart_resumes(
     tmp_path: Path, keys: Keys, files: Path, slow: FaultyArtifactServer
 ) -> None:
     reports: list[dict[str, Any]] = []
-    u = make_updater(tmp_path, keys, reports, limits=PATIENT)
+    u = faulty_updater(tmp_path, keys, reports, limits=PATIENT)
     u.start()
-    u.submit(manifest(keys, file=files / "cls_v1.onnx", url=slow.file_url("cls_v1.onnx"), sequence=1, version="1"))
+    u.submit(
+        manifest(keys, file=files / "cls_v1.onnx", url=slow.file_url("cls_v1.onnx"), sequence=1, version="1")
+    )
     part = part_of(u, files / "cls_v1.onnx")
     wait_for(lambda: part.exists() and part.stat().st_size > 0, what="trickle started")
     t0 = time.monotonic()
@@ -179,6 +178,6 @@ def test_stop_does_not_wait_for_a_trickle_and_the_restart_resumes(
     assert u.states.get("cls").state == "downloading"  # interrupted, not failed: nothing rolled back
     had = part.stat().st_size
     slow.bytes_per_s = None
-    u2 = make_updater(tmp_path, keys, reports)
+    u2 = faulty_updater(tmp_path, keys, reports)
     assert u2.recover() == ["cls:active"]
     assert slow.requests[-1] == ("/files/cls_v1.onnx", f"bytes={had}-")

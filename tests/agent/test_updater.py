@@ -9,30 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.models import ModelRegistry
-from agent.state import StateStore
-from agent.store import ModelStore
 from agent.updater import Updater
-from edgekit.trust import SigningKey, load_trusted_root, utcnow
-from tests.agent.support import ArtifactServer, Keys, expected_probs, manifest
+from edgekit.trust import SigningKey, utcnow
+from tests.agent.support import ArtifactServer, Keys, X, expected_probs, make_updater, manifest
 
 pytestmark = pytest.mark.timeout(60)
-X = np.array([[2.0, 1.0, 0.0, 0.0]], np.float32)
-
-
-def make_updater(tmp_path: Path, keys: Keys, reports: list | None = None) -> Updater:
-    data = tmp_path / "agent"
-    return Updater(
-        store=ModelStore(data / "store"),
-        states=StateStore(data / "state"),
-        registry=ModelRegistry(),
-        root=load_trusted_root(keys.root_bytes()),
-        fleet="f",
-        device="dev-1",
-        trust_file=data / "trust.json",
-        report=(reports.append if reports is not None else None),
-        download_opts={"retries": 1, "timeout": 10},
-    )
 
 
 def install(

@@ -4,59 +4,42 @@ exact digests, bounded numbers, bounded nesting), through the real signer and ve
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
 
 from edgekit.trust import (
-    REASONS,
-    ManifestVerifier,
     SigningKey,
     VerificationError,
     build_manifest,
-    build_root,
     build_smoke_test,
     check_safe_name,
     dumps,
     is_safe_name,
-    load_trusted_root,
     sign,
-    sign_root,
 )
 from edgekit.trust.safejson import MAX_JSON_DEPTH
-
-NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-SHA = "ab" * 32
+from tests.edgekit.trustkit import SHA, new_keys, refusal, signed_manifest, trusted_root
+from tests.edgekit.trustkit import verifier as make_verifier
 
 
 @pytest.fixture(scope="module")
 def keys() -> dict[str, SigningKey]:
-    return {"root": SigningKey.generate(), "release": SigningKey.generate()}
+    return new_keys("root", "release")
 
 
 @pytest.fixture(scope="module")
 def verifier(keys):
-    root = load_trusted_root(
-        dumps(sign_root(build_root([keys["root"]], [keys["release"].public_hex], now=NOW), [keys["root"]]))
-    )
-    return lambda: ManifestVerifier(root, "f1", "dev-1", last_sequence=4, now=NOW + timedelta(minutes=1))
+    root = trusted_root(keys["root"], [keys["release"]])
+    return lambda: make_verifier(root)
 
 
 def valid_signed() -> dict[str, Any]:
-    return build_manifest(
-        fleet="f1",
-        device="dev-1",
-        model="digits",
-        version="1.0.0",
-        sequence=5,
-        artifacts={
-            "onnx": {"url": "http://x/a", "sha256": SHA, "size": 10, "file": "m.onnx", "precision": "fp32"}
-        },
+    return signed_manifest(
         model_card={"name": "digits", "inputs": [], "outputs": []},
         smoke_test=build_smoke_test({"x": np.ones((1, 2), np.float32)}, {"y": np.ones((1, 3), np.float32)}),
-        now=NOW,
+        rollout=None,
     )
 
 
@@ -64,14 +47,6 @@ def signed_payload(keys, signed: dict[str, Any]) -> bytes:
     """Sign whatever `signed` says, bypassing build_manifest's own validation: a leaked release
     key or a buggy fleet can sign anything, and the agent must still refuse it."""
     return dumps(sign(signed, [keys["release"]]))
-
-
-def refusal(fn) -> VerificationError:
-    with pytest.raises(VerificationError) as ei:
-        fn()
-    assert ei.value.reason in REASONS
-    assert "Traceback" not in str(ei.value)
-    return ei.value
 
 
 def test_unknown_fields_are_ignored_top_level_and_per_artifact(keys, verifier):

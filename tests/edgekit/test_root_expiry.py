@@ -11,7 +11,6 @@ from edgekit.trust import (
     ManifestVerifier,
     SigningKey,
     VerificationError,
-    build_manifest,
     build_root,
     dumps,
     load_trusted_root,
@@ -19,10 +18,10 @@ from edgekit.trust import (
     sign_root,
     update_root_chain,
 )
+from tests.edgekit.trustkit import signed_manifest
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 YEAR = timedelta(days=365)
-SHA = "cd" * 32
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +35,7 @@ def root_doc(k, version: int, root: str, release: str, signers: list[str], issue
 
 
 def manifest(k, release: str, now: datetime, sequence: int = 1) -> bytes:
-    signed = build_manifest(
-        fleet="f",
-        device="d",
-        model="m",
-        version="1",
-        sequence=sequence,
-        artifacts={"onnx": {"url": "/a", "sha256": SHA, "size": 1, "file": "m.onnx", "precision": "fp32"}},
-        model_card={},
-        now=now,
-    )
+    signed = signed_manifest(fleet="f", device="d", sequence=sequence, model_card={}, rollout=None, now=now)
     return dumps(sign(signed, [k[release]]))
 
 

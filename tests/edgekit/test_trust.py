@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgekit.trust import (
-    REASONS,
-    ManifestVerifier,
     SigningKey,
-    VerificationError,
-    build_manifest,
     build_root,
     build_smoke_test,
     canonical_json,
@@ -29,51 +25,21 @@ from edgekit.trust import (
     update_root,
     verify_artifact,
 )
-
-NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-SHA = "ab" * 32
+from tests.edgekit.trustkit import NOW, SHA, new_keys, refusal, signed_manifest, trusted_root, verifier
 
 
 @pytest.fixture(scope="module")
 def keys() -> dict[str, SigningKey]:
-    return {n: SigningKey.generate() for n in ("root", "release", "release2", "other", "root2")}
+    return new_keys("root", "release", "release2", "other", "root2")
 
 
 @pytest.fixture(scope="module")
 def root(keys):
-    env = sign_root(build_root([keys["root"]], [keys["release"].public_hex], now=NOW), [keys["root"]])
-    return load_trusted_root(dumps(env), now=NOW)
-
-
-def signed_manifest(**over) -> dict:
-    fields = dict(
-        fleet="f1",
-        device="dev-1",
-        model="digits",
-        version="1.0.0",
-        sequence=5,
-        artifacts={
-            "onnx": {"url": "http://x/a", "sha256": SHA, "size": 10, "file": "m.onnx", "precision": "fp32"}
-        },
-        model_card={"name": "digits", "inputs": [], "outputs": [], "preprocessing": {"scale": 0.5}},
-        rollout="r1",
-        now=NOW,
-    )
-    fields.update(over)
-    return build_manifest(**fields)
-
-
-def verifier(root, **over) -> ManifestVerifier:
-    args = dict(fleet="f1", device_id="dev-1", last_sequence=4, now=NOW + timedelta(minutes=1))
-    args.update(over)
-    return ManifestVerifier(root, **args)
+    return trusted_root(keys["root"], [keys["release"]])
 
 
 def reason(fn) -> str:
-    with pytest.raises(VerificationError) as ei:
-        fn()
-    assert ei.value.reason in REASONS
-    return ei.value.reason
+    return refusal(fn).reason
 
 
 def test_canonical_json_is_sorted_compact_utf8():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,6 @@ from edgekit.trust import (
     Root,
     SigningKey,
     VerificationError,
-    build_manifest,
     build_root,
     build_smoke_test,
     canonical_json,
@@ -39,8 +38,9 @@ from edgekit.trust import (
 )
 from edgekit.trust.fields import MAX_UINT63
 from edgekit.trust.safejson import nesting_depth
+from tests.edgekit.trustkit import NOW, SHA, signed_manifest
+from tests.edgekit.trustkit import verifier as make_verifier
 
-NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 SHA_RE = re.compile(r"[0-9a-f]{64}")
 
 PROPERTY = settings(
@@ -57,20 +57,9 @@ TRUSTED = load_trusted_root(dumps(V1))
 
 
 def valid_signed() -> dict[str, Any]:
-    return build_manifest(
-        fleet="f1",
-        device="dev-1",
-        model="digits",
-        version="1.0.0",
-        sequence=5,
+    return signed_manifest(
         artifacts={
-            "onnx": {
-                "url": "http://x/a",
-                "sha256": "ab" * 32,
-                "size": 10,
-                "file": "m.onnx",
-                "precision": "fp32",
-            },
+            "onnx": {"url": "http://x/a", "sha256": SHA, "size": 10, "file": "m.onnx", "precision": "fp32"},
             "tflite": {"url": "/b", "sha256": "cd" * 32, "size": 7, "file": "m.tflite", "precision": "int8"},
         },
         model_card={
@@ -81,8 +70,6 @@ def valid_signed() -> dict[str, Any]:
         smoke_test=build_smoke_test(
             {"x": np.ones((1, 2), np.float32)}, {"y": np.arange(3, dtype=np.float32)}
         ),
-        rollout="r1",
-        now=NOW,
     )
 
 
@@ -133,7 +120,7 @@ json_values = st.recursive(
 
 
 def verifier() -> ManifestVerifier:
-    return ManifestVerifier(TRUSTED, "f1", "dev-1", last_sequence=4, now=NOW + timedelta(minutes=1))
+    return make_verifier(TRUSTED)
 
 
 def outcome(raw: bytes | str) -> Manifest | None:
