@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no selected case for ops {sorted(ops)}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="edgekit-coverage-", dir=args.work))
     matrix = render.Matrix(
         targets,
