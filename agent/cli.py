@@ -22,6 +22,19 @@ def agent_run(
     run_daemon(config)
 
 
+@agent_app.command("check")
+def agent_check(
+    config: Path = typer.Option(..., "--config", "-c", help="agent.toml to validate."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Validate agent.toml (and the environment's EDGEKIT_* overrides) and the files it names:
+    "ok" and exit 0, or one line per problem and exit 2. Writes nothing."""
+    from agent.config import file_problems, load_agent_config
+    from edgekit.settings import collect_problems, print_check
+
+    raise typer.Exit(print_check(collect_problems(lambda: file_problems(load_agent_config(config))), as_json))
+
+
 def serve(
     model: list[Path] = typer.Argument(..., help="Model file(s): .onnx, .ort or .tflite."),
     port: int = typer.Option(8000, "--port", "-p"),

@@ -16,7 +16,7 @@ from typing import Any
 from agent import fallback as fb
 from agent.breaker import CircuitBreaker
 from agent.cloud import CloudClient
-from agent.config import load_agent_config
+from agent.config import file_problems, load_agent_config, read_root
 from agent.download_limits import DownloadLimits
 from agent.engine import Engine
 from agent.metrics import Metrics
@@ -25,6 +25,7 @@ from agent.server import ServerThread, build_app
 from agent.state import StateStore
 from agent.store import Entry, ModelStore
 from agent.updater import Updater
+from edgekit.settings import ConfigProblems
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,9 @@ class Agent:
 
     def start(self) -> None:
         a = self.cfg["agent"]
-        from edgekit.trust import load_trusted_root
-
         self._install_configured_models()
         if self.cfg["mqtt"]["enabled"]:
-            root = load_trusted_root(Path(a["root"]).read_bytes())
+            root = read_root(self.cfg)
             self.updater = Updater(
                 store=self.store,
                 states=self.states,
@@ -201,6 +200,9 @@ class Agent:
 
 def run_daemon(config_path: str | Path) -> None:
     cfg = load_agent_config(config_path)
+    problems = file_problems(cfg)
+    if problems:  # before Agent() creates data_dir: a config that cannot run leaves no trace
+        raise ConfigProblems(str(config_path), problems)
     agent = Agent(cfg)
     stop = threading.Event()
 

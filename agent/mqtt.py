@@ -48,6 +48,9 @@ class MqttSettings:
     session_expiry_s: int = 7 * 24 * 3600
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # A broker that accepted the TCP connection but has not answered CONNECT by then is said to
+    # ignore it (amqtt, the embedded broker, hangs on an MQTT 5 CONNECT): logged once per socket.
+    connack_timeout_s: float = 10.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MqttSettings:
@@ -92,7 +95,7 @@ class AgentMqtt:
         c = self.client
         if self.s.username:
             c.username_pw_set(self.s.username, self.s.password)
-        if self.s.tls or self.s.ca or self.s.cert:
+        if self.s.tls:  # `tls = false` means plain MQTT even when ca/cert are configured
             c.tls_set(
                 ca_certs=self.s.ca,
                 certfile=self.s.cert,
@@ -108,6 +111,8 @@ class AgentMqtt:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_log = self._on_log
+        c.on_socket_open = self._on_socket_open
+        self._connack_timer: threading.Timer | None = None
 
     def start(self) -> None:
         kwargs: dict[str, Any] = {}
@@ -126,6 +131,7 @@ class AgentMqtt:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
                 pass
+        self._cancel_connack_timer()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -133,12 +139,47 @@ class AgentMqtt:
         self.client.publish(self.t_status, json.dumps(msg, separators=(",", ":")), qos=1)
 
     # callbacks (paho network thread) ---------------------------------------------------------
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._cancel_connack_timer()
+        self._connack_timer = threading.Timer(self.s.connack_timeout_s, self._no_connack)
+        self._connack_timer.daemon = True
+        self._connack_timer.start()
+
+    def _cancel_connack_timer(self) -> None:
+        if self._connack_timer is not None:
+            self._connack_timer.cancel()
+            self._connack_timer = None
+
+    def _no_connack(self) -> None:
+        if self.connected.is_set():
+            return
+        self.last_error = f"no answer to the MQTT {self.s.protocol} CONNECT in {self.s.connack_timeout_s:g} s"
+        log.error("MQTT broker %s:%d: %s%s", self.s.host, self.s.port, self.last_error, self._protocol_hint())
+
+    def _protocol_hint(self) -> str:
+        if not self.v5:
+            return ""
+        return (
+            "; a broker that speaks only MQTT 3.1.1 (the embedded broker of `edgekit fleet serve`, "
+            'NATS) ignores or refuses MQTT 5: set [mqtt] protocol = "3.1.1"'
+        )
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._cancel_connack_timer()
         if reason_code.is_failure:
             # e.g. "Bad user name or password" after a re-enrolment or a revocation: say it,
             # keep it in last_error; paho retries with backoff (a new bundle may come).
             self.last_error = f"connect refused: {reason_code}"
-            log.warning("MQTT connect refused by %s:%d: %s", self.s.host, self.s.port, reason_code)
+            if "protocol version" in str(reason_code).lower():
+                log.error(
+                    "MQTT connect refused by %s:%d: %s%s",
+                    self.s.host,
+                    self.s.port,
+                    reason_code,
+                    self._protocol_hint(),
+                )
+            else:
+                log.warning("MQTT connect refused by %s:%d: %s", self.s.host, self.s.port, reason_code)
             return
         log.info(
             "MQTT connected to %s:%d (session present: %s)",

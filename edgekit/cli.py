@@ -7,6 +7,7 @@ Sub-command modules are imported here, so they must stay light at import time: h
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -15,7 +16,7 @@ from rich.markup import escape
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
-from edgekit.log import setup_logging
+from edgekit.log import FORMAT_ENV, setup_logging
 
 app = typer.Typer(
     name="edgekit",
@@ -28,9 +29,9 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
 )
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 
 
 def _version(value: bool) -> None:
@@ -42,11 +43,21 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    log_format: str | None = typer.Option(
+        None,
+        "--log-format",
+        envvar=FORMAT_ENV,
+        help="Logs on stderr as text (rich on a terminal, plain lines otherwise) or json (one object per line).",
+        show_envvar=True,
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
 ) -> None:
-    setup_logging(verbose)
+    try:
+        setup_logging(verbose, log_format)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--log-format") from None
 
 
 @app.command("demo")
@@ -69,6 +80,39 @@ def demo(
         print(json.dumps(summary, indent=2))
 
 
+class SchemaKind(StrEnum):
+    card = "card"
+    report = "report"
+    manifest = "manifest"
+
+
+@app.command("schema")
+def schema(
+    kind: SchemaKind = typer.Argument(
+        ...,
+        help="card (model_card.json), report (report.json) or manifest (the signed part of an update manifest).",
+    ),
+) -> None:
+    """Print the JSON Schema of a file edgekit writes: the model card, the conversion report, the manifest."""
+    import json
+
+    from pydantic import TypeAdapter
+
+    if kind is SchemaKind.card:
+        from edgekit.modelcard import ModelCard
+
+        doc = TypeAdapter(ModelCard).json_schema()
+    elif kind is SchemaKind.report:
+        from converters.report import Report
+
+        doc = TypeAdapter(Report).json_schema()
+    else:
+        from edgekit.trust.manifest_schema import ManifestBody
+
+        doc = ManifestBody.model_json_schema()
+    print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", **doc}, indent=2))
+
+
 def _register() -> None:
     from agent import cli as agent_cli
     from converters import cli as converters_cli
@@ -82,9 +126,9 @@ def _register() -> None:
 _register()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=True)
+        app(args=argv, prog_name=prog_name, standalone_mode=True)
     except EdgekitError as e:
         # the message is text, not markup: `pip install 'edgekit[litert]'` must print its brackets
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)

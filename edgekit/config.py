@@ -1,7 +1,8 @@
-"""TOML config files with environment overrides.
+"""Where edgekit keeps its files, and untyped dict configs with environment overrides.
 
-Precedence (lowest to highest): built-in defaults < TOML file < environment variables
-(`EDGEKIT_<SECTION>__<KEY>`, e.g. `EDGEKIT_MQTT__HOST=broker.local`) < explicit CLI flags.
+agent.toml and fleet.toml are typed models (edgekit.settings); `load_config` remains for the
+small dict configs built from a section's defaults (`edgekit serve`). Precedence (lowest to
+highest): defaults < TOML file < `EDGEKIT_<SECTION>__<KEY>` environment variables < CLI flags.
 """
 
 from __future__ import annotations
@@ -23,12 +24,27 @@ def home() -> Path:
     return Path(os.environ.get("EDGEKIT_HOME", Path.home() / ".cache" / "edgekit")).expanduser()
 
 
-def _coerce(text: str) -> Any:
-    # Env values are strings; accept JSON literals so numbers, booleans and lists work too.
-    try:
-        return json.loads(text)
-    except ValueError:
+def _coerce(key: str, text: str, default: Any) -> Any:
+    """An env value typed by the default it replaces: a string stays a string (a password of
+    digits is not a number), numbers and booleans are parsed, lists and tables are JSON."""
+    if isinstance(default, str) or default is None:
         return text
+    try:
+        if isinstance(default, bool):
+            low = text.strip().lower()
+            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError("expected true or false")
+            return low in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        value = json.loads(text)
+        if not isinstance(value, type(default)):
+            raise ValueError(f"expected a JSON {type(default).__name__}")
+        return value
+    except ValueError as e:
+        raise ConfigError(f"{key}={text[:60]!r}: {e}") from None
 
 
 def load_config(
@@ -53,7 +69,7 @@ def load_config(
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {part} is not a section")
-        node[parts[-1]] = _coerce(value)
+        node[parts[-1]] = _coerce(key, value, node.get(parts[-1]))
     return cfg
 
 

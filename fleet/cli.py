@@ -42,14 +42,76 @@ def _cfg(path: Path | None) -> dict[str, Any]:
     return config.load(path)
 
 
+# Epoch seconds the server's JSON carries; the CLI adds an ISO 8601 `<key>_iso` beside each
+# (the numbers stay for scripts that already read them).
+_TIME_KEYS = ("created", "ended")
+
+
+def with_iso(obj: Any) -> Any:
+    """`obj` with `created_iso`/`ended_iso` ("2026-06-01T12:00:00Z") next to epoch-second fields."""
+    from datetime import UTC, datetime
+
+    from edgekit.trust.timeutil import iso
+
+    if isinstance(obj, list):
+        return [with_iso(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out = {k: with_iso(v) for k, v in obj.items()}
+    for k in _TIME_KEYS:
+        v = obj.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{k}_iso"] = iso(datetime.fromtimestamp(v, UTC))
+        elif k in obj:
+            out[f"{k}_iso"] = None
+    return out
+
+
 def _print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=True))
+    typer.echo(json.dumps(with_iso(obj), indent=2, sort_keys=True))
+
+
+def _check_card(src: Path) -> None:
+    """Refuse a model card that does not say what each tensor is (no dtype or shape): the
+    fleet could not build a smoke test, and devices could not check requests against it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from edgekit.modelcard import ModelCard
+    from edgekit.protocol import describe
+    from fleet.errors import FleetError
+
+    path = src / "model_card.json"
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # missing or not JSON: the registry says so with its own hint
+    try:
+        TypeAdapter(ModelCard).validate_python(card)
+    except ValidationError as e:
+        raise FleetError(
+            f"{path} is not a valid model card: {describe(e)}",
+            hint="re-run `edgekit convert` (every input and output needs a dtype and a shape); "
+            "`edgekit schema card` prints the format",
+        ) from None
 
 
 def _client(config: Path | None) -> Any:
     from fleet.client import AdminClient
 
     return AdminClient(_cfg(config))
+
+
+@fleet_app.command("check")
+def check(
+    config: Path = typer.Option(..., "--config", "-c", help="fleet.toml to validate."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Validate fleet.toml (and the environment's EDGEKIT_* overrides): "ok" and exit 0, or one
+    line per problem and exit 2. Writes nothing."""
+    from edgekit.settings import collect_problems, print_check
+    from fleet import config as fc
+
+    raise typer.Exit(print_check(collect_problems(lambda: fc.file_problems(fc.load(config))), as_json))
 
 
 # ---- keys ------------------------------------------------------------------------------------
@@ -147,6 +209,7 @@ def publish(
     from fleet.server import open_state
 
     cfg = _cfg(config)
+    _check_card(src)
     db, _store, registry = open_state(fc.state_dir(cfg))
     try:
         stored = registry.publish(src, model, version, force)
@@ -203,8 +266,9 @@ def devices(
     if as_json:
         _print_json(rows)
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from edgekit.log import stdout_console
 
     t = Table("device", "labels", "online", "model", "state", "last seen")
     for d in rows:
@@ -218,7 +282,7 @@ def devices(
             (d["state"] or "-") + (f" ({d['reason']})" if d["reason"] else ""),
             f"{d['last_seen_s']}s",
         )
-    Console().print(t)
+    stdout_console().print(t)
 
 
 @devices_app.command("enroll")
@@ -302,9 +366,9 @@ def rollout_table(st: dict[str, Any]) -> Any:
 
 
 def _print_rollout(st: dict[str, Any]) -> None:
-    from rich.console import Console
+    from edgekit.log import stdout_console
 
-    Console().print(rollout_table(st))
+    stdout_console().print(rollout_table(st))
 
 
 @rollout_app.command("start")

@@ -1,4 +1,4 @@
-"""fleet.toml: defaults, file, `EDGEKIT_<SECTION>__<KEY>` env overrides (edgekit.config).
+"""fleet.toml as a typed model: defaults, file, `EDGEKIT_<SECTION>__<KEY>` env overrides (edgekit.settings).
 
 With no file at all `edgekit fleet serve` runs an embedded broker, SQLite and a local
 artifact directory under `state_dir`. The embedded broker admits only enrolled devices
@@ -28,42 +28,73 @@ with mTLS:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from edgekit.config import home, load_config
+from pydantic import AfterValidator, Field
+
+from edgekit import topics
+from edgekit.config import home
+from edgekit.settings import FileSettings, Section, load_settings
 
 SERVER_USER = "fleet-server"  # the server's MQTT username unless [broker] username says otherwise
 
-DEFAULTS: dict[str, Any] = {
-    "server": {
-        "fleet": "default",
-        "state_dir": "",  # empty: $EDGEKIT_HOME/fleet
-        "channel": "stable",
-        "manifest_ttl_days": 30,
-        "tick_seconds": 0.5,  # rollout engine: timeouts and wave advances are checked this often
-    },
-    "broker": {
-        "embedded": True,
-        "host": "127.0.0.1",
-        "port": 1883,
-        "username": "",  # the server's own MQTT user; empty: SERVER_USER
-        "password": "",  # empty with the embedded broker: a random one per start, never written
-        "client_id": "",  # empty: edgekit-fleet-<fleet>
-        "tls": False,
-        "ca": "",
-        "cert": "",
-        "key": "",
-        "allow_anonymous": False,  # embedded broker only: true turns auth, ACLs and id binding off
-        "public_url": "",  # broker URL in enrolment bundles; empty: mqtt(s)://host:port
-        "persistent_session": True,  # broker queues device reports while the server is down
-    },
-    "http": {"host": "127.0.0.1", "port": 8780, "public_url": ""},
-    "admin": {"host": "127.0.0.1", "port": 8781},
-}
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ServerSection(Section):
+    fleet: Annotated[str, AfterValidator(lambda v: topics.check_name("fleet", v))] = "default"
+    state_dir: str = ""  # empty: $EDGEKIT_HOME/fleet
+    channel: str = "stable"
+    manifest_ttl_days: int = Field(30, gt=0)
+    tick_seconds: float = Field(
+        0.5, gt=0
+    )  # rollout engine: timeouts and wave advances are checked this often
+
+
+class BrokerSection(Section):
+    embedded: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    username: str = ""  # the server's own MQTT user; empty: SERVER_USER
+    password: str = ""  # empty with the embedded broker: a random one per start, never written
+    client_id: str = ""  # empty: edgekit-fleet-<fleet>
+    tls: bool = False
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    allow_anonymous: bool = False  # embedded broker only: true turns auth, ACLs and id binding off
+    public_url: str = ""  # broker URL in enrolment bundles; empty: mqtt(s)://host:port
+    persistent_session: bool = True  # broker queues device reports while the server is down
+
+
+class HttpSection(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8780
+    public_url: str = ""
+
+
+class AdminSection(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8781
+
+
+class FleetSettings(FileSettings):
+    server: ServerSection = Field(default_factory=ServerSection)
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+    admin: AdminSection = Field(default_factory=AdminSection)
+    # No longer read (plain-text passwords): accepted so the server can say so (fleet.broker).
+    broker_users: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+DEFAULTS: dict[str, Any] = FleetSettings.model_construct().to_dict()  # no file, no environment
 
 
 def load(path: str | Path | None = None) -> dict[str, Any]:
-    cfg = load_config(path, DEFAULTS)
+    cfg = load_settings(FleetSettings, path, "fleet config").to_dict()
     if not cfg["server"]["state_dir"]:
         cfg["server"]["state_dir"] = str(home() / "fleet")
     if not cfg["broker"]["client_id"]:
@@ -79,3 +110,10 @@ def state_dir(cfg: dict[str, Any]) -> Path:
 
 def server_user(cfg: dict[str, Any]) -> str:
     return str(cfg["broker"]["username"] or SERVER_USER)
+
+
+def file_problems(cfg: dict[str, Any]) -> list[str]:
+    """Files fleet.toml names that are missing (TLS material of an external broker)."""
+    b = cfg["broker"]
+    keys = ("ca", "cert", "key") if b["tls"] else ()
+    return [f"broker.{k} {b[k]}: no such file" for k in keys if b[k] and not Path(b[k]).is_file()]
