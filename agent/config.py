@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from agent import versions
 from agent.fallback import POLICIES
 from edgekit import topics
 from edgekit.errors import ConfigError, EdgekitError
@@ -105,9 +106,19 @@ class FallbackSection(PolicySection):
     policy: PolicyName | None = "local-first"
 
 
+def _version_policy(raw: Any) -> Any:
+    try:
+        versions.parse_policy(raw, "version_policy")
+    except ConfigError as e:  # pydantic reports ValueErrors with the key path
+        raise ValueError(str(e).removeprefix("version_policy: ")) from None
+    return raw
+
+
 class ModelSection(PolicySection):
     path: str | None = None  # a model shipped with the box, used until an update replaces it
     version: str | None = None
+    # versions loaded side by side: {latest = N} | {specific = [...]} | "all" (agent.versions)
+    version_policy: Annotated[str | dict[str, Any] | None, AfterValidator(_version_policy)] = None
 
 
 class AgentSettings(FileSettings):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import fallback as fb
+from agent import versions
 from agent.breaker import CircuitBreaker
 from agent.cloud import CloudClient
 from agent.config import file_problems, load_agent_config, read_root
@@ -44,7 +45,7 @@ class Agent:
         self.metrics = Metrics()
         self.store = ModelStore(data / "store")
         self.states = StateStore(data / "state")
-        self.registry = ModelRegistry()
+        self.registry = ModelRegistry(versions.policies_from_config(cfg["models"]))
         self.started_at = time.monotonic()
         self._ready = threading.Event()
         self._stop = threading.Event()

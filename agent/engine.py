@@ -25,6 +25,7 @@ from agent.cloud import HTTP_ERROR, CloudClient, CloudError
 from agent.metrics import Metrics
 from agent.models import LoadedModel, ModelRegistry
 from agent.oip import OIPError
+from agent.stats import Statistics, Timing
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class Engine:
         self.policies = dict(policies or {})
         self.default_policy = default_policy or fb.Policy()
         self.metrics = metrics or Metrics()
+        self.metrics.bind_models(self.registry.all)
+        self.stats = Statistics()
         # Only used for local deadlines: the waiting thread gives up, the worker finishes in the
         # background (a C++ session.run cannot be interrupted).
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgekit-local")
@@ -77,10 +80,18 @@ class Engine:
         return self.policies.get(name, self.default_policy)
 
     # ------------------------------------------------------------------------------------------
-    def infer(self, name: str, feeds: dict[str, np.ndarray]) -> InferResult:
+    def infer(
+        self,
+        name: str,
+        feeds: dict[str, np.ndarray],
+        version: str | None = None,
+        timing: Timing | None = None,
+    ) -> InferResult:
+        """Answer a request; `version` pins a locally loaded version (404 when it is not loaded)."""
+        timing = timing or Timing()
         t0 = time.perf_counter()
         try:
-            result = self._route(name, feeds)
+            result = self._route(name, feeds, version, timing)
         except OIPError as e:
             self.metrics.requests.inc(name, "none", f"error_{e.status}")
             raise
@@ -90,15 +101,68 @@ class Engine:
             self.metrics.fallbacks.inc(name, result.fallback_reason)
         return result
 
-    def _route(self, name: str, feeds: dict[str, np.ndarray]) -> InferResult:
+    def local_model(self, name: str, version: str | None) -> LoadedModel | None:
+        """The local model a request for (name, version) would run, or OIPError(404) for a version
+        that is not loaded: the version in a URL is honoured, never answered by another one."""
+        model = self.registry.get(name, version)
+        if version is not None and model is None:
+            loaded = self.registry.versions(name)
+            have = f"loaded: {', '.join(loaded)}" if loaded else "no version is loaded"
+            raise OIPError(404, f"model {name!r} version {version!r} is not loaded ({have})")
+        return model
+
+    def request_failed(self, name: str, version: str | None, status: int, timing: Timing) -> None:
+        """A request refused before it reached the engine (undecodable body): count it."""
+        self.metrics.requests.inc(name, "none", f"error_{status}")
+        model = self.registry.get(name, version)
+        if model is not None:
+            self._failed(model, timing)
+
+    def _failed(self, model: LoadedModel, timing: Timing) -> None:
+        self.metrics.version_failure.inc(model.name, model.version)
+        self.stats.failure(model.name, model.version, int((time.perf_counter() - timing.received) * 1e9))
+
+    def _check(self, model: LoadedModel, feeds: dict[str, np.ndarray], timing: Timing) -> None:
+        """Validate a request against the model (its cost joins the request's compute_input)."""
+        self.metrics.version_requests.inc(model.name, model.version)
+        t0 = time.perf_counter()
+        try:
+            model.validate(feeds)
+        except OIPError:
+            self._failed(model, timing)
+            raise
+        timing.input_ns += int((time.perf_counter() - t0) * 1e9)
+
+    def _run(self, model: LoadedModel, feeds: dict[str, np.ndarray], timing: Timing) -> dict[str, np.ndarray]:
+        """One local run, with its queue and compute time recorded apart."""
+        t0 = time.perf_counter()
+        try:
+            outputs = model.run(feeds)
+        except Exception:
+            self._failed(model, timing)
+            raise
+        compute = time.perf_counter() - t0
+        queue = max(0.0, t0 - timing.received - timing.input_ns / 1e9)
+        key = (model.name, model.version)
+        self.metrics.version_success.inc(*key)
+        self.metrics.queue_time.observe(*key, value=queue)
+        self.metrics.compute_time.observe(*key, value=compute)
+        self.stats.success(
+            *key, queue_ns=int(queue * 1e9), input_ns=timing.input_ns, infer_ns=int(compute * 1e9)
+        )
+        return outputs
+
+    def _route(
+        self, name: str, feeds: dict[str, np.ndarray], version: str | None, timing: Timing
+    ) -> InferResult:
         pol = self.policy(name)
-        model = self.registry.get(name)  # one lookup: a hot swap after this point does not affect us
+        model = self.local_model(name, version)  # one lookup: a later hot swap does not affect us
         if pol.mode == fb.LOCAL_ONLY or (pol.mode == fb.LOCAL_FIRST and self.cloud is None):
             if model is None:
                 raise OIPError(404, f"unknown model {name!r}")
-            model.validate(feeds)
+            self._check(model, feeds, timing)
             try:
-                return self._local_result(model, model.run(feeds), None)
+                return self._local_result(model, self._run(model, feeds, timing), None)
             except OIPError:
                 raise
             except Exception as e:
@@ -111,8 +175,8 @@ class Engine:
                     503, f"model {name!r} is cloud-only and the cloud is unavailable: {e.message}"
                 ) from e
         if pol.mode == fb.CLOUD_FIRST:
-            return self._cloud_first(name, model, feeds, pol)
-        return self._local_first(name, model, feeds, pol)
+            return self._cloud_first(name, model, feeds, pol, timing)
+        return self._local_first(name, model, feeds, pol, timing)
 
     @staticmethod
     def _local_result(
@@ -138,19 +202,22 @@ class Engine:
         if self.cloud is not None:
             self.metrics.breaker_state.set(value=0 if self.cloud.breaker.state == CLOSED else 1)
 
-    def _local_first(self, name: str, model: LoadedModel | None, feeds, pol: fb.Policy) -> InferResult:
+    def _local_first(
+        self, name: str, model: LoadedModel | None, feeds, pol: fb.Policy, timing: Timing
+    ) -> InferResult:
         if model is None:
             return self._cloud_or_503(
                 name, feeds, pol, fb.MISSING_MODEL, f"model {name!r} is not loaded locally"
             )
-        model.validate(feeds)  # a malformed request is the client's error: the cloud would refuse it too
+        # A malformed request is the client's error: the cloud would refuse it too.
+        self._check(model, feeds, timing)
         future = None
         try:
             if pol.local_deadline_ms:
-                future = self._pool.submit(model.run, feeds)
+                future = self._pool.submit(self._run, model, feeds, timing)
                 outputs = future.result(timeout=pol.local_deadline_ms / 1000)
             else:
-                outputs = model.run(feeds)
+                outputs = self._run(model, feeds, timing)
         except FutureTimeout:
             try:
                 return self._cloud(name, feeds, pol, fb.DEADLINE)
@@ -177,7 +244,9 @@ class Engine:
         except CloudError as e:
             raise OIPError(503, f"{why}; cloud fallback failed: {e.message}") from e
 
-    def _cloud_first(self, name: str, model: LoadedModel | None, feeds, pol: fb.Policy) -> InferResult:
+    def _cloud_first(
+        self, name: str, model: LoadedModel | None, feeds, pol: fb.Policy, timing: Timing
+    ) -> InferResult:
         try:
             return self._cloud(name, feeds, pol, None)
         except CloudError as e:
@@ -185,9 +254,9 @@ class Engine:
                 raise OIPError(
                     503, f"cloud unavailable ({e.message}) and model {name!r} not loaded locally"
                 ) from e
-            model.validate(feeds)
+            self._check(model, feeds, timing)
             try:
-                outputs = model.run(feeds)
+                outputs = self._run(model, feeds, timing)
             except Exception as le:
                 raise OIPError(503, f"cloud unavailable ({e.message}); local inference failed: {le}") from le
             return self._local_result(model, outputs, e.kind)

@@ -1,175 +1,248 @@
-"""Prometheus text exposition, written by hand (no extra dependency on the box).
+"""The agent's Prometheus metrics, on prometheus_client.
 
-Counters, gauges and histograms with labels; thread-safe; `render()` returns the text format
-(version 0.0.4) that Prometheus scrapes from `/metrics`.
+Each `Metrics` has its own CollectorRegistry (several engines can share a process, as in the
+tests) holding the standard `process_*`, `python_*` collectors, `edgekit_build_info`, and the
+agent's series. `render(accept)` negotiates the format: OpenMetrics for a scraper that asks for
+`application/openmetrics-text`, the classic text format (0.0.4) otherwise.
+
+The wrappers keep one call shape for every metric - labels positional, the number by keyword
+(`requests.inc("cls", "local", "ok")`, `latency.observe("cls", "local", value=0.01)`) - so callers
+need not know which child object prometheus_client keeps per label set.
+
+Per model version (local executions only: what the cloud ran is counted by `requests` with
+served_by="cloud"): requests, successes, failures, and the queue time (request received until its
+local run starts: waiting for a worker thread, decoding, validation) apart from the compute time
+(the runtime's run). `edgekit_agent_model_info` is read from the model registry at each scrape, so
+an unloaded version disappears from it with no bookkeeping.
 """
 
 from __future__ import annotations
 
-import bisect
+import platform
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client import Counter as _PCounter
+from prometheus_client import Gauge as _PGauge
+from prometheus_client import Histogram as _PHistogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+from agent import __version__
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _esc(v: str) -> str:
-    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Wrapped:
+    def __init__(self, metric: Any, labelnames: tuple[str, ...]):
+        self._m, self.labelnames = metric, labelnames
+        # label values -> child: prometheus_client's labels() validates and locks on every call,
+        # a few microseconds that dominate the request path of a tiny model.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, labels: tuple[str, ...]) -> Any:
+        if not self.labelnames:
+            return self._m
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._m.labels(*labels)
+        return child
+
+    def _sample(self, suffix: str, labels: tuple[str, ...]) -> float:
+        want = dict(zip(self.labelnames, labels, strict=True))
+        for family in self._m.collect():
+            for s in family.samples:
+                if s.name.endswith(suffix) and s.labels == want:
+                    return s.value
+        return 0.0
 
 
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_esc(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()):
-        self.name, self.help, self.labelnames = name, help, tuple(labels)
-        self._lock = threading.Lock()
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self._values: dict[tuple[str, ...], float] = {}
+class Counter(_Wrapped):
+    def __init__(self, name: str, help: str, labels: Iterable[str], registry: CollectorRegistry):
+        labelnames = tuple(labels)
+        super().__init__(_PCounter(name, help, labelnames, registry=registry), labelnames)
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        with self._lock:
-            self._values[labels] = self._values.get(labels, 0.0) + amount
+        self._child(labels).inc(amount)
 
     def value(self, *labels: str) -> float:
-        return self._values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        return self.header() + [
-            f"{self.name}{_labels(self.labelnames, k)} {v:g}" for k, v in sorted(self._values.items())
-        ]
+        return self._sample("_total", labels)
 
 
-class Gauge(Counter):
-    kind = "gauge"
+class Gauge(_Wrapped):
+    def __init__(self, name: str, help: str, labels: Iterable[str], registry: CollectorRegistry):
+        labelnames = tuple(labels)
+        super().__init__(_PGauge(name, help, labelnames, registry=registry), labelnames)
+        self._lock = threading.Lock()
+        self._keys: set[tuple[str, ...]] = set()  # label sets in use, so a model's can be removed
 
     def set(self, *labels: str, value: float) -> None:
         with self._lock:
-            self._values[labels] = float(value)
+            if labels:
+                self._keys.add(labels)
+            self._child(labels).set(value)
 
-    def clear(self) -> None:
+    def remove_where(self, first: str) -> None:
+        """Drop every series whose first label is `first` (e.g. all of one model's)."""
         with self._lock:
-            self._values.clear()
+            for k in [k for k in self._keys if k[0] == first]:
+                self._keys.discard(k)
+                self._children.pop(k, None)
+                self._m.remove(*k)
+
+    def value(self, *labels: str) -> float:
+        return self._sample("", labels)
 
 
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, help: str, labels: Iterable[str] = (), buckets=LATENCY_BUCKETS):
-        super().__init__(name, help, labels)
-        self.buckets = tuple(buckets)
-        self._data: dict[tuple[str, ...], list[float]] = {}  # per-bucket counts + [sum, count]
+class Histogram(_Wrapped):
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        labels: Iterable[str],
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ):
+        labelnames = tuple(labels)
+        super().__init__(_PHistogram(name, help, labelnames, registry=registry, buckets=buckets), labelnames)
 
     def observe(self, *labels: str, value: float) -> None:
-        i = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            d = self._data.get(labels)
-            if d is None:
-                d = self._data[labels] = [0.0] * (len(self.buckets) + 2)
-            if i < len(self.buckets):
-                d[i] += 1
-            d[-2] += value
-            d[-1] += 1
+        self._child(labels).observe(value)
 
     def count(self, *labels: str) -> float:
-        d = self._data.get(labels)
-        return d[-1] if d else 0.0
+        return self._sample("_count", labels)
 
-    def render(self) -> list[str]:
-        lines = self.header()
-        for key, d in sorted(self._data.items()):
-            acc = 0.0
-            for b, c in zip(self.buckets, d, strict=False):
-                acc += c
-                le = f'le="{b:g}"'
-                lines.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {acc:g}")
-            inf = 'le="+Inf"'
-            lines.append(f"{self.name}_bucket{_labels(self.labelnames, key, inf)} {d[-1]:g}")
-            lines.append(f"{self.name}_sum{_labels(self.labelnames, key)} {d[-2]:.9g}")
-            lines.append(f"{self.name}_count{_labels(self.labelnames, key)} {d[-1]:g}")
-        return lines
+
+ModelSource = Callable[[], Iterable[Any]]  # yields objects with name, version, sha256
+
+
+class _ModelInfo:
+    """`edgekit_agent_model_info{model,version,sha256} 1` for every loaded version, at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: ModelSource | None = None
+        self.fallback: dict[str, tuple[str, str]] = {}  # set_model() when no registry is bound
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "edgekit_agent_model_info",
+            "Loaded model versions (value 1).",
+            labels=("model", "version", "sha256"),
+        )
+        if self.source is not None:
+            rows = [(m.name, str(m.version), m.sha256 or "") for m in self.source()]
+        else:
+            rows = [(n, v, s) for n, (v, s) in self.fallback.items()]
+        for row in sorted(rows):
+            family.add_metric(list(row), 1.0)
+        yield family
 
 
 class Metrics:
-    """The agent's metric set."""
+    """The agent's metric set, in its own registry."""
 
     def __init__(self) -> None:
+        reg = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
+        GCCollector(registry=reg)
+        Info("edgekit_build", "The edgekit build serving these metrics.", registry=reg).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
         self.requests = Counter(
             "edgekit_agent_requests_total",
             "Inference requests by model, served_by and outcome.",
             ("model", "served_by", "outcome"),
+            reg,
         )
         self.latency = Histogram(
             "edgekit_agent_request_seconds",
             "Inference latency by model and served_by.",
             ("model", "served_by"),
+            reg,
         )
         self.fallbacks = Counter(
             "edgekit_agent_fallbacks_total",
             "Requests routed away from the preferred side, by reason.",
             ("model", "reason"),
+            reg,
         )
-        self.model_version = Gauge(
-            "edgekit_agent_model_info", "Loaded model versions (value 1).", ("model", "version", "sha256")
+        per_version = ("model", "version")
+        self.version_requests = Counter(
+            "edgekit_agent_model_requests_total",
+            "Requests run by a local model version.",
+            per_version,
+            reg,
         )
+        self.version_success = Counter(
+            "edgekit_agent_model_success_total",
+            "Local runs of a model version that answered.",
+            per_version,
+            reg,
+        )
+        self.version_failure = Counter(
+            "edgekit_agent_model_failure_total",
+            "Requests to a local model version that failed (bad input or a runtime error).",
+            per_version,
+            reg,
+        )
+        self.queue_time = Histogram(
+            "edgekit_agent_queue_seconds",
+            "From request received until its local run starts (worker wait, decoding, validation).",
+            per_version,
+            reg,
+        )
+        self.compute_time = Histogram(
+            "edgekit_agent_compute_seconds",
+            "The runtime's run of one request.",
+            per_version,
+            reg,
+        )
+        self._model_info = _ModelInfo()
+        reg.register(self._model_info)
         self.update_state = Gauge(
-            "edgekit_agent_update_state", "Current update state per model (value 1).", ("model", "state")
+            "edgekit_agent_update_state", "Current update state per model (value 1).", ("model", "state"), reg
         )
         self.update_transitions = Counter(
-            "edgekit_agent_update_transitions_total", "Update state transitions.", ("model", "state")
+            "edgekit_agent_update_transitions_total", "Update state transitions.", ("model", "state"), reg
         )
         self.breaker_state = Gauge(
-            "edgekit_agent_cloud_breaker_open", "1 when the cloud circuit breaker is not closed.", ()
+            "edgekit_agent_cloud_breaker_open", "1 when the cloud circuit breaker is not closed.", (), reg
         )
-        self.mqtt_connected = Gauge("edgekit_agent_mqtt_connected", "1 while connected to the broker.", ())
+        self.mqtt_connected = Gauge(
+            "edgekit_agent_mqtt_connected", "1 while connected to the broker.", (), reg
+        )
+        # Exported from 0 (prometheus_client does so for a label-less counter): rate() sees the first.
         self.aborted_requests = Counter(
             "edgekit_agent_aborted_requests_total",
             "Requests whose client closed the connection before sending the whole body.",
             (),
+            reg,
         )
-        self.aborted_requests.inc(amount=0)  # exported from 0, so rate() sees the first abort
-        self._all = [
-            self.requests,
-            self.latency,
-            self.fallbacks,
-            self.model_version,
-            self.update_state,
-            self.update_transitions,
-            self.breaker_state,
-            self.mqtt_connected,
-            self.aborted_requests,
-        ]
+
+    def bind_models(self, source: ModelSource) -> None:
+        """Read `edgekit_agent_model_info` from `source` (the registry's loaded versions)."""
+        self._model_info.source = source
 
     def set_model(self, name: str, version: str, sha256: str | None) -> None:
-        with self.model_version._lock:
-            for k in [k for k in self.model_version._values if k[0] == name]:
-                del self.model_version._values[k]
-        self.model_version.set(name, version, sha256 or "", value=1)
+        # With a registry bound (any Engine binds its own) model_info follows the registry and
+        # this is a no-op; a bare Metrics (an Updater alone) keeps what it was told.
+        self._model_info.fallback[name] = (str(version), sha256 or "")
 
     def set_update_state(self, name: str, state: str) -> None:
-        with self.update_state._lock:
-            for k in [k for k in self.update_state._values if k[0] == name]:
-                del self.update_state._values[k]
+        self.update_state.remove_where(name)
         self.update_state.set(name, state, value=1)
         self.update_transitions.inc(name, state)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for m in self._all:
-            lines.extend(m.render())
-        return "\n".join(lines) + "\n"
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition for a scraper's Accept header: (body, content type)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

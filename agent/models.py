@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from agent import versions
 from agent.oip import OIPError, datatype_of
+from agent.versions import VersionPolicy
 from edgekit.modelcard import ModelCard, TensorSpec
 
 
@@ -63,7 +65,7 @@ class LoadedModel:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runtime.run(feeds)
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self, versions: list[str] | None = None) -> dict[str, Any]:
         def t(s: TensorSpec) -> dict[str, Any]:
             return {
                 "name": s.name,
@@ -73,7 +75,7 @@ class LoadedModel:
 
         return {
             "name": self.name,
-            "versions": [self.version],
+            "versions": versions or [self.version],
             "platform": getattr(self.runtime, "name", "unknown"),
             "inputs": [t(s) for s in self.inputs],
             "outputs": [t(s) for s in self.outputs],
@@ -100,60 +102,95 @@ def load_model(
 
 
 class ModelRegistry:
-    def __init__(self) -> None:
-        self._models: dict[str, LoadedModel] = {}
-        # What the repository `unload` route took offline, so `load` can reopen it. Only the
-        # recipe (path, version, card) is kept, never the runtime: unloading frees its memory.
-        self._unloaded: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()  # serializes writers; readers only do one dict lookup
+    """name -> loaded versions of that model, in activation order (the last one is the active one).
 
-    def get(self, name: str) -> LoadedModel | None:
-        return self._models.get(name)
+    An unversioned request gets the active version (the one an update or rollback activated last);
+    a versioned request gets exactly that version or nothing. The model's version policy
+    (agent/versions.py) decides which older versions stay loaded beside the active one.
+    """
+
+    def __init__(self, version_policies: dict[str, VersionPolicy] | None = None) -> None:
+        # Readers do one or two dict lookups on an immutable snapshot; writers build a new table.
+        self._models: dict[str, dict[str, LoadedModel]] = {}
+        # What the repository `unload` route took offline, so `load` can reopen it. Only the
+        # recipes (path, version, card) are kept, never the runtimes: unloading frees their memory.
+        self._unloaded: dict[str, list[LoadedModel]] = {}
+        self._policies = dict(version_policies or {})
+        self._lock = threading.Lock()  # serializes writers
+
+    def policy(self, name: str) -> VersionPolicy:
+        return self._policies.get(name, versions.DEFAULT)
+
+    def set_policy(self, name: str, policy: VersionPolicy) -> None:
+        with self._lock:
+            self._policies[name] = policy
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel | None:
+        loaded = self._models.get(name)
+        if not loaded:
+            return None
+        if version is None:
+            return next(reversed(loaded.values()))
+        return loaded.get(str(version))
+
+    def versions(self, name: str) -> list[str]:
+        """Loaded versions of `name`, oldest activation first (the last is the active one)."""
+        return list(self._models.get(name, {}))
 
     def put(self, model: LoadedModel) -> LoadedModel | None:
+        """Activate `model` (a hot swap); return the version it replaced as the active one."""
         with self._lock:
-            old = self._models.get(model.name)
-            models = dict(self._models)
-            models[model.name] = model
-            self._models = models  # one reference assignment: readers see old or new table
+            loaded = dict(self._models.get(model.name, {}))
+            old = next(reversed(loaded.values())) if loaded else None
+            loaded.pop(model.version, None)  # re-activating a version moves it to the end
+            loaded[model.version] = model
+            keep = versions.to_keep(self.policy(model.name), list(loaded))
+            self._models = {**self._models, model.name: {v: loaded[v] for v in keep}}
             self._unloaded.pop(model.name, None)  # an update supersedes what was unloaded
             return old
 
     def remove(self, name: str) -> LoadedModel | None:
+        """Drop every version of `name`; return the one that was active."""
         with self._lock:
             models = dict(self._models)
-            old = models.pop(name, None)
+            loaded = models.pop(name, None)
             self._models = models
-            return old
+            return next(reversed(loaded.values())) if loaded else None
 
     def unload(self, name: str) -> LoadedModel | None:
-        """Stop serving `name` until `reload(name)`, an update or a restart brings it back."""
+        """Stop serving every version of `name` until `reload(name)`, an update or a restart."""
         with self._lock:
             models = dict(self._models)
-            old = models.pop(name, None)
+            loaded = models.pop(name, None)
             self._models = models
-            if old is not None and old.path is not None:
-                self._unloaded[name] = replace(old, runtime=None)
-            return old
+            if not loaded:
+                return None
+            recipes = [replace(m, runtime=None) for m in loaded.values() if m.path is not None]
+            if recipes:
+                self._unloaded[name] = recipes
+            return next(reversed(loaded.values()))
 
     def reload(self, name: str) -> LoadedModel | None:
-        """Serve `name` again from the file it was unloaded from; None if it never was unloaded.
+        """Serve `name` again (every version it had) from the files it was unloaded from; return
+        the active version, or None when it never was unloaded.
 
         Already loaded (e.g. an update arrived meanwhile) is success: that model stays."""
         with self._lock:
-            current, recipe = self._models.get(name), self._unloaded.get(name)
-        if current is not None or recipe is None:
+            current, recipes = self.get(name), self._unloaded.get(name)
+        if current is not None or recipes is None:
             return current
-        assert recipe.path is not None
-        fresh = load_model(
-            name, recipe.path, recipe.version, card=recipe.card, sha256=recipe.sha256, threads=recipe.threads
-        )
+        fresh = {}
+        for r in recipes:  # open them all before serving any: a failure leaves the model unloaded
+            assert r.path is not None
+            fresh[r.version] = load_model(
+                name, r.path, r.version, card=r.card, sha256=r.sha256, threads=r.threads
+            )
         with self._lock:
-            if name in self._models:  # an update got there while the file was opening: it wins
-                return self._models[name]
+            if name in self._models:  # an update got there while the files were opening: it wins
+                return self.get(name)
             self._models = {**self._models, name: fresh}
             self._unloaded.pop(name, None)
-        return fresh
+        return self.get(name)
 
     def unloaded(self) -> list[str]:
         return sorted(self._unloaded)
@@ -162,4 +199,5 @@ class ModelRegistry:
         return sorted(self._models)
 
     def all(self) -> list[LoadedModel]:
-        return list(self._models.values())
+        """Every loaded version; per name the active one comes last."""
+        return [m for loaded in self._models.values() for m in loaded.values()]

@@ -73,9 +73,15 @@ class InputTensor(_Wire):
     data: Any = None  # checked by agent.tensor_data against datatype and shape
 
 
+class OutputParameters(_Wire):
+    binary_data: StrictBool | None = None
+    # The classification extension (agent/classification.py): top k instead of the scores.
+    classification: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
 class RequestedOutput(_Wire):
     name: _Name
-    parameters: TensorParameters | None = None
+    parameters: OutputParameters | None = None
 
 
 class RequestParameters(BaseModel):
@@ -101,6 +107,8 @@ class InferRequest:
     # requested outputs: name -> wants binary; None = all outputs
     outputs: dict[str, bool] | None = None
     binary_default: bool = False
+    # requested output name -> k, for outputs asked for as top-k classes
+    classification: dict[str, int] = field(default_factory=dict)
 
 
 def parse_header_length(value: str | None) -> int | None:
@@ -132,12 +140,17 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         raise OIPError(400, f"{len(binary) - offset} bytes of binary data follow the last binary input")
     params = doc.parameters or _NO_PARAMETERS
     outputs = None
+    classification: dict[str, int] = {}
     if doc.outputs is not None:
         outputs = {}
         for o in doc.outputs:
             wants = o.parameters.binary_data if o.parameters else None
             outputs[o.name] = params.binary_data_output if wants is None else wants
-    return InferRequest(inputs, doc.id, params.model_dump(), outputs, params.binary_data_output)
+            if o.parameters and o.parameters.classification is not None:
+                classification[o.name] = o.parameters.classification
+    return InferRequest(
+        inputs, doc.id, params.model_dump(), outputs, params.binary_data_output, classification
+    )
 
 
 def _parse_json(head: memoryview) -> Any:
@@ -201,6 +214,9 @@ def _append_tensor(
 ) -> None:
     """One V2 tensor: JSON `data`, or the binary extension (little-endian bytes after the JSON)."""
     arr = np.asarray(arr)
+    if arr.dtype.kind == "O":  # BYTES: the classification extension's strings
+        _append_bytes(items, blobs, name, arr, binary)
+        return
     item: dict[str, Any] = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
     if binary:
         raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
@@ -208,6 +224,22 @@ def _append_tensor(
         blobs.append(raw)
     else:
         item["data"] = to_json_list(arr)
+    items.append(item)
+
+
+def _append_bytes(
+    items: list[dict[str, Any]], blobs: list[bytes], name: str, arr: np.ndarray, binary: bool
+) -> None:
+    """A BYTES tensor: JSON strings, or in binary each element as a 4-byte little-endian length and
+    its bytes (the serialization tritonclient's `deserialize_bytes_tensor` reads)."""
+    values = [v if isinstance(v, bytes) else str(v).encode() for v in arr.ravel().tolist()]
+    item: dict[str, Any] = {"name": name, "datatype": "BYTES", "shape": list(arr.shape)}
+    if binary:
+        raw = b"".join(len(v).to_bytes(4, "little") + v for v in values)
+        item["parameters"] = {"binary_data_size": len(raw)}
+        blobs.append(raw)
+    else:
+        item["data"] = [v.decode("utf-8", "replace") for v in values]
     items.append(item)
 
 
@@ -270,8 +302,14 @@ def decode_response(body: bytes, header_length: int | None) -> tuple[dict[str, A
     out: dict[str, np.ndarray] = {}
     offset = 0
     for t in doc.get("outputs", []):
-        dtype = np.dtype(DATATYPE_TO_NUMPY[t["datatype"]])
         params = t.get("parameters") or {}
+        if t["datatype"] == "BYTES":
+            n = int(params.get("binary_data_size", 0))
+            arr = _read_bytes(binary[offset : offset + n]) if n else np.array(t["data"], dtype=object)
+            offset += n
+            out[t["name"]] = arr.reshape(t["shape"])
+            continue
+        dtype = np.dtype(DATATYPE_TO_NUMPY[t["datatype"]])
         if "binary_data_size" in params:
             n = int(params["binary_data_size"])
             arr = np.frombuffer(binary[offset : offset + n], dtype=dtype.newbyteorder("<")).astype(dtype)
@@ -280,3 +318,13 @@ def decode_response(body: bytes, header_length: int | None) -> tuple[dict[str, A
             arr = np.asarray(t["data"], dtype=dtype)
         out[t["name"]] = arr.reshape(t["shape"])
     return doc, out
+
+
+def _read_bytes(raw: memoryview) -> np.ndarray:
+    values: list[bytes] = []
+    i = 0
+    while i + 4 <= len(raw):
+        n = int.from_bytes(raw[i : i + 4], "little")
+        values.append(bytes(raw[i + 4 : i + 4 + n]))
+        i += 4 + n
+    return np.array(values, dtype=object)

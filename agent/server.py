@@ -6,13 +6,16 @@ cloud/local unavailable). Bad input is always a 4xx; an unexpected exception is 
 and one log line, never a traceback (that goes to DEBUG). A client that hangs up mid-upload is
 counted (`edgekit_agent_aborted_requests_total`) and logged at DEBUG only: it is not our error.
 
-Inference, health, metadata and /metrics are open (the KServe norm); the repository routes
-(index, load, unload) need the admin bearer token: see agent/admin_auth.py.
+Inference, health, metadata, config, statistics and /metrics are open (the KServe norm); the
+repository routes (index, load, unload) need the admin bearer token: see agent/admin_auth.py.
+A version in the URL is served by exactly that loaded version, else 404 (agent/versions.py).
+Bodies may be gzip/deflate both ways (agent/compression.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -23,18 +26,24 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent import __version__ as agent_version
+from agent import classification, compression
 from agent.admin_auth import AdminAuthError, check_admin
-from agent.engine import Engine
+from agent.engine import LOCAL, Engine
 from agent.oip import HEADER_LENGTH, OIPError, decode_request, encode_response, parse_header_length
+from agent.stats import Timing
+from agent.triton_config import model_config
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 << 20
+MAX_ADMIN_BODY = 64 << 10  # repository requests carry a few parameters, never a model
+# What this server implements of the KServe V2 / Triton extensions (server metadata lists them).
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
 _ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -63,17 +72,81 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _infer_body(
-    engine: Engine, name: str, body: bytes, header_length: int | None
+    engine: Engine,
+    name: str,
+    version: str | None,
+    raw: bytes,
+    content_encoding: str | None,
+    header_length: int | None,
+    timing: Timing,
+    limit: int,
 ) -> tuple[bytes, int | None]:
-    """Decode, infer, encode: one thread-pool hop, and the event loop never parses a large body."""
+    """Inflate, decode, infer, encode: one thread-pool hop, so the event loop never parses (or
+    inflates) a large body."""
+    t0 = time.perf_counter()
     try:
+        body = compression.decode_body(raw, content_encoding, limit)
         req = decode_request(body, header_length)
+        if req.classification:
+            _check_classification(engine, name, version, req.classification)
     except OIPError as e:
-        engine.metrics.requests.inc(name, "none", f"error_{e.status}")  # the engine counts the rest
+        engine.request_failed(name, version, e.status, timing)  # the engine counts the rest
         raise
-    result = engine.infer(name, req.inputs)
-    return encode_response(
-        name, result.model_version, result.outputs, request=req, parameters=result.parameters()
+    timing.input_ns = int((time.perf_counter() - t0) * 1e9)
+    result = engine.infer(name, req.inputs, version, timing)
+    t1 = time.perf_counter()
+    outputs = result.outputs
+    if req.classification:
+        local = engine.registry.get(name, result.model_version) if result.served_by == LOCAL else None
+        labels = local.card.labels if local is not None and local.card is not None else None
+        outputs = dict(outputs)
+        for out_name, k in req.classification.items():
+            if out_name in outputs:  # an unknown one is refused by encode_response, naming it
+                outputs[out_name] = classification.classify(out_name, outputs[out_name], k, labels)
+    encoded = encode_response(
+        name, result.model_version, outputs, request=req, parameters=result.parameters()
+    )
+    if result.served_by == LOCAL and result.model_version is not None:
+        engine.stats.output(name, result.model_version, int((time.perf_counter() - t1) * 1e9))
+    return encoded
+
+
+def _check_classification(engine: Engine, name: str, version: str | None, wanted: dict[str, int]) -> None:
+    """Refuse classification on a local output it cannot apply to before running anything."""
+    model = engine.registry.get(name, version)
+    if model is None:
+        return  # the cloud answers: its outputs are checked when they arrive
+    specs = {s.name: s for s in model.outputs}
+    for out_name in wanted:
+        spec = specs.get(out_name)
+        if spec is None:
+            raise OIPError(400, f"unknown outputs requested: [{out_name!r}]; model has {list(specs)}")
+        classification.check_applies(out_name, spec.dtype, len(spec.shape))
+
+
+def _compressed(body: bytes, accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:
+    coding = compression.choose_encoding(accept_encoding)
+    if coding is None or len(body) < compression.MIN_COMPRESS:
+        return body, {"Vary": "Accept-Encoding"}
+    return compression.encode_body(body, coding), {"Content-Encoding": coding, "Vary": "Accept-Encoding"}
+
+
+def _encode_for(
+    engine: Engine,
+    name: str,
+    version: str | None,
+    raw: bytes,
+    headers: dict[str, str | None],
+    timing: Timing,
+    limit: int,
+) -> Response:
+    hlen = parse_header_length(headers["header_length"])
+    out, out_hlen = _infer_body(engine, name, version, raw, headers["content_encoding"], hlen, timing, limit)
+    out, extra = _compressed(out, headers["accept_encoding"])
+    if out_hlen is None:
+        return Response(out, media_type="application/json", headers=extra)
+    return Response(
+        out, media_type="application/octet-stream", headers={HEADER_LENGTH: str(out_hlen), **extra}
     )
 
 
@@ -91,8 +164,17 @@ def build_app(
     status: Callable[[], dict[str, Any]] | None = None,
     metrics: bool = True,
     admin_token: str | None = None,
+    server_name: str = "edgekit-agent",
 ) -> ASGIApp:
     """The agent's OIP app. `admin_token` guards the repository routes; None disables them."""
+
+    def version_of(request: Request) -> str | None:
+        return request.path_params.get("version")
+
+    def local(request: Request) -> Any:
+        """The local model a versioned or unversioned route names (None), or OIPError(404) for a
+        version that is not loaded."""
+        return engine.local_model(request.path_params["name"], version_of(request))
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -102,24 +184,46 @@ def build_app(
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_meta(request: Request) -> Response:
-        return JSONResponse(
-            {"name": "edgekit-agent", "version": agent_version, "extensions": ["binary_tensor_data"]}
-        )
+        return JSONResponse({"name": server_name, "version": agent_version, "extensions": EXTENSIONS})
 
     async def model_meta(request: Request) -> Response:
         name = request.path_params["name"]
-        model = engine.registry.get(name)
+        try:
+            model = local(request)
+        except OIPError as e:
+            return _error(e.status, e.message)
         if model is not None:
-            return JSONResponse(model.metadata())
+            return JSONResponse(model.metadata(engine.registry.versions(name)))
         if engine.cloud is not None and engine.policy(name).mode != "local-only":
             meta = await run_in_threadpool(_cloud_metadata, engine, name)
             if meta is not None:
                 return JSONResponse(meta)
         return _error(404, f"unknown model {name!r}")
 
+    async def model_config_route(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            model = local(request)
+        except OIPError as e:
+            return _error(e.status, e.message)
+        if model is None:
+            return _error(404, f"model {name!r} is not loaded here: no local configuration to show")
+        cfg = model_config(
+            name,
+            getattr(model.runtime, "name", "unknown"),
+            model.inputs,
+            model.outputs,
+            engine.registry.policy(name),
+        )
+        return JSONResponse(cfg)
+
     async def model_ready(request: Request) -> Response:
         name = request.path_params["name"]
-        if engine.registry.get(name) is None and (engine.cloud is None or name not in engine.policies):
+        try:
+            model = local(request)
+        except OIPError as e:
+            return _error(e.status, e.message)
+        if model is None and (engine.cloud is None or name not in engine.policies):
             return _error(404, f"unknown model {name!r}")
         ok = engine.ready(name)
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
@@ -128,10 +232,17 @@ def build_app(
         name = request.path_params["name"]
         if not engine.knows(name):
             return _error(404, f"unknown model {name!r}")
+        headers = {
+            "header_length": request.headers.get(HEADER_LENGTH),
+            "content_encoding": request.headers.get("content-encoding"),
+            "accept_encoding": request.headers.get("accept-encoding"),
+        }
         try:
-            body = await _read_body(request, max_body)
-            hlen = parse_header_length(request.headers.get(HEADER_LENGTH))
-            out, out_hlen = await run_in_threadpool(_infer_body, engine, name, body, hlen)
+            raw = await _read_body(request, max_body)
+            timing = Timing()  # the body is in: from here on the time is ours
+            return await run_in_threadpool(
+                _encode_for, engine, name, version_of(request), raw, headers, timing, max_body
+            )
         except ClientDisconnect:
             # Nobody is left to answer; a flood of these must not flood the log either.
             engine.metrics.aborted_requests.inc()
@@ -141,45 +252,85 @@ def build_app(
             return _error(e.status, e.message)
         except Exception as e:  # the contract: an OIP error body, never a traceback
             return _internal(f"inference on {name}", e)
-        if out_hlen is None:
-            return Response(out, media_type="application/json")
-        return Response(out, media_type="application/octet-stream", headers={HEADER_LENGTH: str(out_hlen)})
+
+    def stats_keys(name: str | None, version: str | None) -> list[tuple[str, str]]:
+        names = [name] if name is not None else engine.registry.names()
+        keys = []
+        for n in names:
+            for v in engine.registry.versions(n):
+                if version is None or v == version:
+                    keys.append((n, v))
+        return keys
+
+    async def stats_all(request: Request) -> Response:
+        return JSONResponse(engine.stats.snapshot(stats_keys(None, None)))
+
+    async def stats_model(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            model = local(request)
+        except OIPError as e:
+            return _error(e.status, e.message)
+        if model is None:
+            return _error(404, f"model {name!r} is not loaded here: no statistics")
+        return JSONResponse(engine.stats.snapshot(stats_keys(name, version_of(request))))
 
     def admin(handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             try:
                 check_admin(request.headers.get("authorization"), admin_token)
+                return await handler(request)
             except AdminAuthError as e:
                 log.warning("refused %s %s: %s", request.method, request.url.path, e.message)
                 return _error(e.status, e.message, e.headers())
-            return await handler(request)
+            except OIPError as e:
+                return _error(e.status, e.message)
+            except ClientDisconnect:
+                return Response(status_code=400)
 
         return guarded
 
     async def repository_index(request: Request) -> Response:
-        loaded = [{"name": m.name, "version": m.version, "state": "READY"} for m in engine.registry.all()]
+        doc = await _admin_doc(request)
+        loaded = [
+            {"name": m.name, "version": m.version, "state": "READY"}
+            for m in sorted(engine.registry.all(), key=lambda m: m.name)
+        ]
+        if doc.get("ready") is True:  # Triton: only the models ready for inference
+            return JSONResponse(loaded)
         unloaded = [
             {"name": n, "state": "UNAVAILABLE", "reason": "unloaded"} for n in engine.registry.unloaded()
         ]
-        return JSONResponse(sorted(loaded, key=lambda m: m["name"]) + unloaded)
+        return JSONResponse(loaded + unloaded)
 
     async def load(request: Request) -> Response:
-        # Triton's repository extension: serve an unloaded model again, from the same file.
+        # Triton's repository extension: serve an unloaded model again (every version it had),
+        # from the same files; a model that is loaded stays as it is.
         name = request.path_params["name"]
+        params = (await _admin_doc(request)).get("parameters") or {}
+        if params:
+            return _error(
+                400,
+                f"load parameters {sorted(params)} are not supported: a model loads from its own "
+                "file, and updates are how a new one arrives",
+            )
         try:
             model = await run_in_threadpool(engine.registry.reload, name)
         except Exception as e:  # the file went away or no longer opens: say so, keep serving the rest
             log.warning("model %s could not be loaded again: %s: %s", name, type(e).__name__, e)
             return _error(409, f"model {name!r} cannot be loaded again: {type(e).__name__}: {e}")
         if model is None:
-            return _error(404, f"model {name!r} was never unloaded here (updates load models)")
-        log.warning("model %s loaded on request", name)
+            return _error(404, f"model {name!r} is not in the repository (neither loaded nor unloaded)")
+        log.warning(
+            "model %s loaded on request (versions %s)", name, ", ".join(engine.registry.versions(name))
+        )
         return JSONResponse({})
 
     async def unload(request: Request) -> Response:
-        # Stop serving a model locally (requests then follow its fallback policy). The store is
-        # untouched: `load`, a restart or an update brings it back.
+        # Stop serving a model locally, every version (requests then follow its fallback policy).
+        # The store is untouched: `load`, a restart or an update brings it back.
         name = request.path_params["name"]
+        await _admin_doc(request)  # unload_dependents: nothing here depends on another model
         if engine.registry.unload(name) is None:
             return _error(404, f"model {name!r} is not loaded")
         log.warning("model %s unloaded on request", name)
@@ -189,7 +340,9 @@ def build_app(
         return _error(404, f"no repository route {request.method} {request.url.path}")
 
     async def metrics_endpoint(request: Request) -> Response:
-        return PlainTextResponse(engine.metrics.render(), media_type="text/plain; version=0.0.4")
+        body, content_type = engine.metrics.render(request.headers.get("accept"))
+        body, extra = _compressed(body, request.headers.get("accept-encoding"))
+        return Response(body, headers={"Content-Type": content_type, **extra})
 
     async def agent_status(request: Request) -> Response:
         return JSONResponse(status() if status else {})
@@ -205,8 +358,14 @@ def build_app(
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v2", server_meta),
+        # Before /v2/models/{name}: "stats" is this route, as in Triton.
+        Route("/v2/models/stats", stats_all),
         Route("/v2/models/{name}", model_meta),
         Route("/v2/models/{name}/versions/{version}", model_meta),
+        Route("/v2/models/{name}/config", model_config_route),
+        Route("/v2/models/{name}/versions/{version}/config", model_config_route),
+        Route("/v2/models/{name}/stats", stats_model),
+        Route("/v2/models/{name}/versions/{version}/stats", stats_model),
         Route("/v2/models/{name}/ready", model_ready),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready),
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
@@ -222,6 +381,23 @@ def build_app(
         routes.append(Route("/metrics", metrics_endpoint))
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: any_error})
     return _OneLineErrors(app)
+
+
+async def _admin_doc(request: Request) -> dict[str, Any]:
+    """A repository request's JSON body ({} when empty), or OIPError(400/413/415)."""
+    raw = await _read_body(request, MAX_ADMIN_BODY)
+    body = compression.decode_body(raw, request.headers.get("content-encoding"), MAX_ADMIN_BODY)
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise OIPError(400, "repository request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise OIPError(400, "repository request body must be a JSON object")
+    if not isinstance(doc.get("parameters", {}), dict):
+        raise OIPError(400, "repository request 'parameters' must be a JSON object")
+    return doc
 
 
 class _OneLineErrors:

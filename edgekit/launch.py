@@ -276,7 +276,7 @@ def cloud_service(
 ) -> Service:
     return Service(
         "cloud",
-        [*EDGEKIT, "serve", str(model), "--name", name, "--port", str(port), "--version", version],
+        [*EDGEKIT, "serve", str(model), "--name", name, "--port", str(port), "--model-version", version],
         log_dir,
         http_ok(f"http://127.0.0.1:{port}/v2/health/ready"),
     )

@@ -67,7 +67,7 @@ class ServeProcess:
 
 def start_serve(files: list[Path], names: list[str], version: str = "cloud-1") -> ServeProcess:
     port = free_port()
-    cmd = [*EDGEKIT, "serve", *map(str, files), "--port", str(port), "--version", version]
+    cmd = [*EDGEKIT, "serve", *map(str, files), "--port", str(port), "--model-version", version]
     for n in names:
         cmd += ["--name", n]
     env = dict(os.environ, PYTHONPATH=str(REPO))

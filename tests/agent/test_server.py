@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent import fallback as fb
 from agent.engine import Engine
@@ -137,5 +138,12 @@ def test_metrics_exposition(server: ServerThread) -> None:
     doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 0]}]}
     assert _infer(server.url, "cls", doc).status_code == 200
     text = httpx.get(server.url + "/metrics").text
-    assert 'edgekit_agent_requests_total{model="cls",served_by="local",outcome="ok"}' in text
-    assert 'edgekit_agent_request_seconds_bucket{model="cls",served_by="local",le="+Inf"}' in text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    ok = (("model", "cls"), ("outcome", "ok"), ("served_by", "local"))
+    assert samples[("edgekit_agent_requests_total", ok)] >= 1
+    inf = (("le", "+Inf"), ("model", "cls"), ("served_by", "local"))
+    assert samples[("edgekit_agent_request_seconds_bucket", inf)] >= 1
