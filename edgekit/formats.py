@@ -103,6 +103,8 @@ _PASSES_TF = (
     "expand-DepthToSpace",
     "expand-SpaceToDepth",
     "expand-CastLike",  # onnx2tf has no CastLike converter
+    "decompose-OneHot",  # TF.js: wrong values from onnx2tf's OneHot
+    "trilu-to-where",  # TF.js: wrong values from onnx2tf's Trilu
     *_PASSES_TAIL,
 )
 _PASSES: dict[str, tuple[str, ...]] = {
@@ -120,9 +122,6 @@ _PASSES: dict[str, tuple[str, ...]] = {
         "expand-AffineGrid",
         "expand-CenterCropPad",
         "expand-DynamicQuantizeLinear",
-        "expand-Selu",
-        "expand-Shrink",
-        "expand-ThresholdedRelu",
         "expand-ReduceLogSum",
         "expand-SpaceToDepth",
         "expand-DepthToSpace",
@@ -146,6 +145,17 @@ _PASSES: dict[str, tuple[str, ...]] = {
         "decompose-Asinh",
         "decompose-Cosh",
         "decompose-Sinh",
+        # onnx2torch has no converter, or maps the op to a torch one that differs (Selu's alpha,
+        # Flatten's axis 0, Max/Min's broadcast_to, an output that is the input itself)
+        "decompose-Selu",
+        "decompose-Shrink",
+        "decompose-ThresholdedRelu",
+        "decompose-Hardmax",
+        "decompose-OneHot",
+        "trilu-to-where",
+        "minmax-to-where",
+        "flatten-to-reshape",
+        "materialize-passthrough-outputs",
         "globalmaxpool-to-reducemax",
         "sum-to-add",  # e.g. in Gelu's body
         "clip-dynamic-bounds",  # onnx2torch: "Dynamic value of min/max is not implemented"

@@ -15,7 +15,20 @@ from collections.abc import Iterable
 
 import onnx
 
-from converters.passes import autopad, constants, erf, functions, hygiene, isinf, minmax, opset, trig  # noqa: F401
+from converters.passes import (  # noqa: F401
+    activations,
+    autopad,
+    constants,
+    erf,
+    functions,
+    hygiene,
+    isinf,
+    masks,
+    minmax,
+    opset,
+    passthrough,
+    trig,
+)
 from converters.passes.registry import EDGE_TARGETS, REGISTRY, Pass, register
 
 __all__ = ["EDGE_TARGETS", "REGISTRY", "Pass", "register", "run_passes"]

@@ -88,3 +88,40 @@ _SUM_RULES = [pattern.RewriteRule(lambda op, a, b: op.Sum(a, b), lambda op, a, b
 def sum_to_add(model: onnx.ModelProto) -> bool:
     """Sum of two inputs -> Add (the same single rounding)."""
     return apply_rules(model, _SUM_RULES, {"Sum"})
+
+
+def _select(op, cmp: str, a, b):
+    # a wins where it compares true or is NaN: NaN propagates from either side, as in numpy's
+    # maximum/minimum (b NaN: the comparison is false and a == a holds, so b is taken)
+    keep_a = op.Or(getattr(op, cmp)(a, b), op.Not(op.Equal(a, a)))
+    return op.Where(keep_a, a, b)
+
+
+def _variadic_rules(op_type: str, cmp: str) -> list[pattern.RewriteRule]:
+    def chain(op, *xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = _select(op, cmp, y, x)
+        return y
+
+    node = lambda op, *xs: getattr(op, op_type)(*xs)  # noqa: E731
+    # Patterns bind variables by parameter name, so each arity is spelled out; the longest first,
+    # so a 3-input node is never taken by the 2-input rule.
+    return [
+        pattern.RewriteRule(
+            lambda op, a, b, c, d: node(op, a, b, c, d), lambda op, a, b, c, d: chain(op, a, b, c, d)
+        ),
+        pattern.RewriteRule(lambda op, a, b, c: node(op, a, b, c), lambda op, a, b, c: chain(op, a, b, c)),
+        pattern.RewriteRule(lambda op, a, b: node(op, a, b), lambda op, a, b: chain(op, a, b)),
+    ]
+
+
+@register("minmax-to-where")
+def minmax_to_where(model: onnx.ModelProto) -> bool:
+    """Max/Min of 2-4 inputs -> chained Where(a > b or a is NaN, a, b) (Less for Min).
+
+    onnx2torch turns Max/Min into broadcast_to + stack, which coremltools cannot convert;
+    torch.where broadcasts by itself."""
+    return apply_rules(
+        model, _variadic_rules("Max", "Greater") + _variadic_rules("Min", "Less"), {"Max", "Min"}
+    )
