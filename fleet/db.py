@@ -2,7 +2,8 @@
 
 One connection shared by the server's threads behind a lock: writes are tiny and SQLite
 serializes them anyway; batching status updates into one transaction is what makes 5,000
-devices cheap (see fleet.devices).
+devices cheap (see fleet.devices). Side effects of a transaction (MQTT messages) are rows of
+the same transaction in the `outbox` table, published after commit by fleet.outbox.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,10 +42,17 @@ CREATE TABLE IF NOT EXISTS rollout_devices (
     rollback_sequence INTEGER, sent_at REAL, updated REAL, reason TEXT,
     PRIMARY KEY (rollout, device));
 CREATE INDEX IF NOT EXISTS rollout_devices_device ON rollout_devices (device);
+-- progress counts, timeouts and wave dispatch read (rollout, state, wave) alone: index-only
+CREATE INDEX IF NOT EXISTS rollout_devices_progress ON rollout_devices (rollout, state, wave);
 CREATE TABLE IF NOT EXISTS desired (                  -- the desired-state shadow (fleet.desired)
     device TEXT PRIMARY KEY,
     payload BLOB NOT NULL,                            -- exact bytes last published; empty = cleared
     sequence INTEGER, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (                   -- messages to publish after commit (fleet.outbox)
+    id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    retain INTEGER NOT NULL, created REAL NOT NULL,
+    sent REAL);                                       -- when the broker acknowledged it
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE sent IS NULL;
 """
 
 
@@ -59,7 +67,6 @@ class Database:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
-        self._after_commit: list[Callable[[], None]] = []
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -73,15 +80,8 @@ class Database:
                 yield self.conn
             except BaseException:
                 self.conn.execute("ROLLBACK")
-                self._after_commit.clear()
                 raise
             self.conn.execute("COMMIT")
-            hooks, self._after_commit = self._after_commit, []
-            for fn in hooks:  # still under the lock: side effects happen in commit order
-                try:
-                    fn()
-                except Exception:  # committed is committed; the hook's owner must cope
-                    log.exception("after-commit hook failed")
 
     @contextmanager
     def savepoint(self) -> Iterator[sqlite3.Connection]:
@@ -90,25 +90,14 @@ class Database:
         with self.lock:
             if not self.conn.in_transaction:
                 raise RuntimeError("savepoint() needs an open tx()")
-            hooks = len(self._after_commit)
             self.conn.execute("SAVEPOINT unit")
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK TO unit")
+                self.conn.execute("ROLLBACK TO unit")  # its outbox rows go with it
                 self.conn.execute("RELEASE unit")
-                del self._after_commit[hooks:]  # its side effects go with it
                 raise
             self.conn.execute("RELEASE unit")
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run `fn` once the current transaction has committed (dropped if it rolls back);
-        at once when no transaction is open. Hooks run under the lock, in commit order."""
-        with self.lock:
-            if self.conn.in_transaction:
-                self._after_commit.append(fn)
-            else:
-                fn()
 
     def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self.lock:

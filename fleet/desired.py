@@ -14,7 +14,9 @@ import logging
 import time
 
 from edgekit import topics
+from fleet import repository as repo
 from fleet.db import Database
+from fleet.repository import Conn
 
 log = logging.getLogger(__name__)
 
@@ -24,31 +26,26 @@ class DesiredStore:
         self.db = db
 
     def put(self, device: str, payload: bytes, sequence: int | None = None) -> None:
-        """Record what `desired` now holds for `device` (joins the caller's transaction)."""
+        """Record what `desired` now holds for `device` (joins the caller's transaction).
+        fleet.publisher stores and queues in one step; this records without publishing."""
         topics.check_name("device id", device)  # a row that could never be published is never stored
         with self.db.tx() as c:
-            c.execute(
-                "INSERT INTO desired (device, payload, sequence, updated) VALUES (?,?,?,?)"
-                " ON CONFLICT (device) DO UPDATE SET payload=excluded.payload,"
-                " sequence=excluded.sequence, updated=excluded.updated",
-                (device, bytes(payload), sequence, time.time()),
-            )
+            repo.put_desired(c, [(device, payload, sequence)], time.time())
 
     def get(self, device: str) -> bytes | None:
-        rows = self.db.query("SELECT payload FROM desired WHERE device=?", (device,))
-        return bytes(rows[0]["payload"]) if rows else None
+        with self.db.lock:
+            return repo.get_desired(self.db.conn, device)
 
-    def all(self) -> list[tuple[str, bytes]]:
+    def all(self, c: Conn | None = None) -> list[tuple[str, bytes]]:
         """Every stored row that can be published. A row whose device id the topic layer
         refuses (stored by a version that did not validate ids) is skipped with a warning:
         stored data never stops a server from starting."""
-        rows = self.db.query("SELECT device, payload FROM desired ORDER BY device")
+        with self.db.lock:
+            rows = repo.all_desired(c or self.db.conn)
         out = []
-        for r in rows:
-            if not topics.valid_name(r["device"]):
-                log.warning(
-                    "skipping the stored desired state of invalid device id %s", repr(r["device"])[:80]
-                )
+        for device, payload in rows:
+            if not topics.valid_name(device):
+                log.warning("skipping the stored desired state of invalid device id %s", repr(device)[:80])
                 continue
-            out.append((r["device"], bytes(r["payload"])))
+            out.append((device, payload))
         return out

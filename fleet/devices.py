@@ -20,37 +20,48 @@ def _upsert(c: sqlite3.Connection, device: str) -> None:
     # The one place a device row is created: an id the topic layer refuses is never stored
     # (it could never be sent a manifest, and would stop every later start at resync).
     topics.check_name("device id", device)
-    c.execute("INSERT OR IGNORE INTO devices (id) VALUES (?)", (device,))
+    c.execute("INSERT INTO devices (id) VALUES (?) ON CONFLICT (id) DO NOTHING", (device,))
+
+
+def _labels(labels: dict[str, str] | None) -> str | None:
+    """The stored form of reported labels; None (keep the stored ones) when none were sent."""
+    return json.dumps(labels, sort_keys=True) if labels else None
 
 
 def record_online(c: sqlite3.Connection, msg: Online, now: float) -> None:
     _upsert(c, msg.device)
-    if msg.labels:
-        c.execute(
-            "UPDATE devices SET labels=? WHERE id=?", (json.dumps(msg.labels, sort_keys=True), msg.device)
-        )
     c.execute(
-        "UPDATE devices SET online=?, last_seen=?, agent_version=COALESCE(?, agent_version) WHERE id=?",
-        (int(msg.online), now, msg.agent_version, msg.device),
+        "UPDATE devices SET labels=COALESCE(?, labels), online=?, last_seen=?,"
+        " agent_version=COALESCE(?, agent_version) WHERE id=?",
+        (_labels(msg.labels), int(msg.online), now, msg.agent_version, msg.device),
     )
 
 
 def record_status(c: sqlite3.Connection, msg: Status, now: float) -> None:
+    # One statement per report: thousands of reports per second go through here.
     _upsert(c, msg.device)
-    if msg.labels:
-        c.execute(
-            "UPDATE devices SET labels=? WHERE id=?", (json.dumps(msg.labels, sort_keys=True), msg.device)
-        )
+    active = int(msg.state == "active" and bool(msg.model))
     c.execute(
-        "UPDATE devices SET online=1, last_seen=?, state=?, model=?, version=?, sequence=?, rollout=?,"
-        " reason=? WHERE id=?",
-        (now, msg.state, msg.model, msg.version, msg.sequence, msg.rollout, msg.reason, msg.device),
+        "UPDATE devices SET labels=COALESCE(?, labels), online=1, last_seen=?, state=?, model=?, version=?,"
+        " sequence=?, rollout=?, reason=?,"
+        " active_model=CASE WHEN ? THEN ? ELSE active_model END,"
+        " active_version=CASE WHEN ? THEN ? ELSE active_version END WHERE id=?",
+        (
+            _labels(msg.labels),
+            now,
+            msg.state,
+            msg.model,
+            msg.version,
+            msg.sequence,
+            msg.rollout,
+            msg.reason,
+            active,
+            msg.model,
+            active,
+            msg.version,
+            msg.device,
+        ),
     )
-    if msg.state == "active" and msg.model:
-        c.execute(
-            "UPDATE devices SET active_model=?, active_version=? WHERE id=?",
-            (msg.model, msg.version, msg.device),
-        )
 
 
 def parse_selector(text: str | None) -> dict[str, str]:

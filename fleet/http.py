@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -45,7 +46,7 @@ def artifact_app(server: FleetServer) -> Starlette:
             headers={"Cache-Control": "public, max-age=31536000, immutable"},
         )
 
-    async def roots(_request: Request) -> Response:
+    def roots(_request: Request) -> Response:  # reads key files: Starlette runs it in a thread
         return JSONResponse(server.keys.root_chain())
 
     return Starlette(routes=[Route("/artifacts/{sha256}", artifact), Route("/roots.json", roots)])
@@ -58,7 +59,9 @@ def admin_app(server: FleetServer) -> Starlette:
                 return JSONResponse({"error": "missing or wrong admin token"}, status_code=401)
             try:
                 body = await _body(request) if request.method == "POST" else {}
-                return JSONResponse(fn(request, body))
+                # Handlers read and write the database and sign manifests: in a worker thread,
+                # never on the event loop (other requests and artifact downloads go on meanwhile).
+                return JSONResponse(await run_in_threadpool(fn, request, body))
             except NotFoundError as e:
                 return _error(404, "not_found", str(e.args[0]), e.hint)
             except EdgekitError as e:
@@ -90,6 +93,7 @@ def admin_app(server: FleetServer) -> Starlette:
             "manifests_sent": server.publisher.sent,
             "resyncs": server.resyncs,
             "desired_republished": server.publisher.republished,
+            "outbox_pending": server.outbox.pending() if server.outbox else 0,
             "ingest": server.outcomes.snapshot(),
         }
 

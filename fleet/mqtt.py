@@ -126,6 +126,9 @@ class MqttLink:
             hint = "check [broker] tls, ca, cert and key in fleet.toml" if self.cfg.get("tls") else None
             raise FleetError(f"MQTT broker at {host}:{port} did not accept the connection{why}", hint=hint)
 
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
     def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 

@@ -34,16 +34,18 @@ def active_refusal(
 
 
 def check_active(c: sqlite3.Connection, device: str, model: str, version: str | None) -> str | None:
-    """`active_refusal` for one report, reading the device's offers inside the caller's tx."""
-    row = c.execute("SELECT active_model, active_version FROM devices WHERE id=?", (device,)).fetchone()
-    recorded = (row["active_model"], row["active_version"]) if row and row["active_model"] else None
-    offered = c.execute(
-        "SELECT 1 FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout WHERE rd.device=?"
-        " AND ((rd.sequence IS NOT NULL AND r.model=? AND r.version IS ?)"
-        " OR (rd.rollback_sequence IS NOT NULL AND rd.prev_model=? AND rd.prev_version IS ?)) LIMIT 1",
-        (device, model, version, model, version),
+    """`active_refusal` for one report, reading the device's offers inside the caller's tx
+    (one statement: it runs for every `active` report)."""
+    row = c.execute(
+        "SELECT d.active_model, d.active_version,"
+        " EXISTS (SELECT 1 FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout WHERE rd.device=d.id"
+        "  AND ((rd.sequence IS NOT NULL AND r.model=? AND r.version IS ?)"
+        "  OR (rd.rollback_sequence IS NOT NULL AND rd.prev_model=? AND rd.prev_version IS ?))),"
+        " EXISTS (SELECT 1 FROM rollout_devices WHERE device=d.id AND sequence IS NOT NULL)"
+        " FROM devices d WHERE d.id=?",
+        (model, version, model, version, device),
     ).fetchone()
-    ever = c.execute(
-        "SELECT 1 FROM rollout_devices WHERE device=? AND sequence IS NOT NULL LIMIT 1", (device,)
-    ).fetchone()
-    return active_refusal((model, version), recorded, offered is not None, ever is not None)
+    if row is None:  # a device's first message: nothing recorded, nothing offered
+        return active_refusal((model, version), None, False, False)
+    recorded = (row[0], row[1]) if row[0] else None
+    return active_refusal((model, version), recorded, bool(row[2]), bool(row[3]))

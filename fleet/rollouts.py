@@ -21,27 +21,36 @@ Rules (docs/fleet.md has the operator's view):
   refused aborts with that reason.
 - Cancel stops dispatching without rolling back. A rollout paused longer than `max_pause`
   is cancelled, so every rollout ends: completed, aborted or cancelled.
+
+The rules are fleet.decide, a pure function; this module does the I/O around it. Manifests are
+signed before the transaction that records them (with the sequences the database will assign,
+read just before; the rare device whose sequence moved meanwhile is signed again inside), and
+the transaction writes the rollout state, the desired-state shadow and the outbox rows together.
+Every state change is a compare-and-set, so the engine thread and an operator action never
+dispatch one wave twice.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-import json
 import logging
 import math
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 from edgekit import topics
 from edgekit.protocol import IN_PROGRESS, MAX_SEQUENCE, Status
+from fleet import repository as repo
 from fleet.db import Database
+from fleet.decide import Abort, Advance, Cancel, Complete, Counts, Decision, decide, timeout_cutoff
 from fleet.devices import DeviceRegistry
 from fleet.errors import FleetError, NotFoundError
-from fleet.publisher import Publisher
+from fleet.publisher import ManifestBatch, Publisher
 from fleet.registry import Registry
+from fleet.repository import Conn, RolloutRow
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +128,9 @@ def _count_bucket(state: str) -> str:
     return state
 
 
+Presigned = dict[str, tuple[int, bytes]]  # device -> (the sequence it was signed for, wire bytes)
+
+
 class RolloutEngine:
     def __init__(
         self,
@@ -128,9 +140,13 @@ class RolloutEngine:
         publisher: Publisher,
         clock: Callable[[], float] = time.time,
         max_pause: float = 7 * 86400,
+        timeout_check_s: float = 0.5,
     ):
         self.db, self.registry, self.devices, self.publisher = db, registry, devices, publisher
         self.clock, self.max_pause = clock, max_pause
+        # tick() runs after every batch of reports; device timeouts need not be looked for that often
+        self.timeout_check_s = timeout_check_s
+        self._timeouts_checked = float("-inf")
 
     # ---- operator actions -------------------------------------------------------------
     def start(
@@ -151,111 +167,82 @@ class RolloutEngine:
             raise FleetError("--success-threshold and --max-failure-rate are fractions in [0, 1]")
         if device_timeout <= 0:
             raise FleetError("--device-timeout must be positive")
-        self.registry.version(model, version)  # raises NotFoundError
-        targets = [d["id"] for d in self.devices.list(selector)]
-        if device_ids:
-            wanted = set(device_ids)
-            targets = [d for d in targets if d in wanted]
+        release = self.registry.version(model, version)  # raises NotFoundError
+        with self.db.lock:
+            targets = repo.select_devices(self.db.conn, selector, device_ids or None)
         if not targets:
             raise FleetError(
                 f"no known device matches {selector or 'all'}",
                 hint="devices appear once they connect; see `edgekit fleet devices`",
             )
         rid = "r-" + secrets.token_hex(4)
+        order = sorted(targets, key=lambda d: hashlib.sha256(f"{rid}/{d}".encode()).hexdigest())
+        bounds = wave_bounds(len(order), waves)
+        members = [(dev, bisect.bisect_right(bounds, pos), pos) for pos, dev in enumerate(order)]
+        batch = self.publisher.batch(release, rid)
+        presigned = self._presign(batch, [d for d, w, _p in members if w == 0])
         now = self.clock()
+        r = RolloutRow(
+            rid,
+            model,
+            version,
+            selector,
+            tuple(waves),
+            success_threshold,
+            max_failure_rate,
+            device_timeout,
+            RUNNING,
+            -1,
+            None,
+            now,
+            None,
+            None,
+        )
         with self.db.tx() as c:
-            busy = c.execute(
-                "SELECT rd.device, r.id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout"
-                f" WHERE r.state IN ('{RUNNING}','{PAUSED}') LIMIT 100000"
-            ).fetchall()
-            clash = sorted({r["id"] for r in busy if r["device"] in set(targets)})
-            if clash:
+            repo.insert_rollout(c, r, now)
+            repo.insert_members(c, rid, members, PENDING)
+            clash = repo.clashes(c, rid, OPEN)
+            if clash:  # raising rolls the inserts back
                 raise FleetError(
                     f"devices are in open rollout(s) {', '.join(clash)}",
                     hint="wait for it to end, or abort/cancel it",
                 )
-            c.execute(
-                "INSERT INTO rollouts (id, model, version, selector, waves, success_threshold,"
-                " max_failure_rate, device_timeout, state, wave, created, updated)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    rid,
-                    model,
-                    version,
-                    json.dumps(selector),
-                    json.dumps(waves),
-                    success_threshold,
-                    max_failure_rate,
-                    device_timeout,
-                    RUNNING,
-                    -1,
-                    now,
-                    now,
-                ),
-            )
-            order = sorted(targets, key=lambda d: hashlib.sha256(f"{rid}/{d}".encode()).hexdigest())
-            bounds = wave_bounds(len(order), waves)
-            rows = []
-            for pos, dev in enumerate(order):
-                wave = next(i for i, b in enumerate(bounds) if pos < b)
-                rows.append((rid, dev, wave, pos, PENDING))
-            c.executemany(
-                "INSERT INTO rollout_devices (rollout, device, wave, position, state) VALUES (?,?,?,?,?)",
-                rows,
-            )
-            self._advance(c, self._get(c, rid), now)
+            self._dispatch(c, r, 0, batch, presigned, now)
         log.info(
             "rollout %s started: %s %s to %d devices in waves %s", rid, model, version, len(targets), waves
         )
         return rid
 
     def pause(self, rid: str) -> None:
+        now = self.clock()
         with self.db.tx() as c:
             r = self._get(c, rid)
-            if r["state"] != RUNNING:
-                raise FleetError(f"rollout {rid} is {r['state']}, not running")
-            now = self.clock()
-            c.execute(
-                "UPDATE rollouts SET state=?, paused_at=?, updated=? WHERE id=?", (PAUSED, now, now, rid)
-            )
+            if not repo.change_state(c, rid, PAUSED, now, (RUNNING,), paused_at=now):
+                raise FleetError(f"rollout {rid} is {r.state}, not running")
 
     def resume(self, rid: str) -> None:
+        now = self.clock()
         with self.db.tx() as c:
             r = self._get(c, rid)
-            if r["state"] != PAUSED:
-                raise FleetError(f"rollout {rid} is {r['state']}, not paused")
-            now = self.clock()
-            c.execute(
-                "UPDATE rollouts SET state=?, paused_at=NULL, updated=? WHERE id=?", (RUNNING, now, rid)
-            )
-            self._evaluate(c, self._get(c, rid), now)
+            if not repo.change_state(c, rid, RUNNING, now, (PAUSED,)):
+                raise FleetError(f"rollout {rid} is {r.state}, not paused")
+        self._step(rid, now)
 
     def abort(self, rid: str, reason: str = "aborted by operator") -> None:
-        with self.db.tx() as c:
-            r = self._get(c, rid)
-            if r["state"] not in OPEN:
-                raise FleetError(f"rollout {rid} already ended ({r['state']})")
-            self._abort(c, r, reason, self.clock())
+        r = self._read(rid)
+        if r.state not in OPEN or not self._abort(r, reason, self.clock()):
+            raise FleetError(f"rollout {rid} already ended ({self._read(rid).state})")
 
     def cancel(self, rid: str, reason: str = "cancelled by operator") -> None:
-        with self.db.tx() as c:
-            r = self._get(c, rid)
-            if r["state"] not in OPEN:
-                raise FleetError(f"rollout {rid} already ended ({r['state']})")
-            self._end(c, r, CANCELLED, reason, self.clock())
+        if not self._end(self._read(rid), CANCELLED, reason, self.clock(), expect=OPEN):
+            raise FleetError(f"rollout {rid} already ended ({self._read(rid).state})")
 
     # ---- events --------------------------------------------------------------------------
-    def on_status(self, c: sqlite3.Connection, msg: Status, now: float) -> None:
+    def on_status(self, c: Conn, msg: Status, now: float) -> None:
         """Apply one device status to the open rollouts it belongs to (inside the caller's tx)."""
         if msg.sequence is None and msg.rollout is None:
             return
-        rows = c.execute(
-            "SELECT rd.*, r.state AS rstate FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout"
-            " WHERE rd.device=?"
-            " AND (rd.sequence=? OR rd.rollback_sequence=? OR (? IS NULL AND rd.rollout=?))",
-            (msg.device, msg.sequence, msg.sequence, msg.sequence, msg.rollout),
-        ).fetchall()
-        for rd in rows:
+        for rd in repo.members_for_status(c, msg.device, msg.sequence, msg.rollout):
             new = None
             if rd["rollback_sequence"] is not None and msg.sequence == rd["rollback_sequence"]:
                 if msg.state == "active":
@@ -270,219 +257,227 @@ class RolloutEngine:
                 elif msg.state in IN_PROGRESS:
                     new = msg.state
             if new and new != rd["state"]:
-                c.execute(
-                    "UPDATE rollout_devices SET state=?, updated=?, reason=COALESCE(?, reason)"
-                    " WHERE rollout=? AND device=?",
-                    (new, now, msg.reason, rd["rollout"], rd["device"]),
-                )
+                repo.set_member_states(c, rd["rollout"], [(rd["device"], new, msg.reason)], now)
 
     def tick(self) -> None:
-        """Timeouts, wave advances, aborts, completion. Called often by the server loop."""
+        """Timeouts, then one decision per open rollout, carried out. Called often by the server loop."""
         now = self.clock()
+        todo: list[tuple[RolloutRow, Decision]] = []
+        check_timeouts = now - self._timeouts_checked >= self.timeout_check_s
+        if check_timeouts:
+            self._timeouts_checked = now
         with self.db.tx() as c:
-            for r in c.execute(f"SELECT * FROM rollouts WHERE state IN ('{RUNNING}','{PAUSED}')").fetchall():
-                c.execute(
-                    "UPDATE rollout_devices SET state=?, updated=?, reason='device timeout'"
-                    f" WHERE rollout=? AND state IN ({','.join('?' * len(_WAITING))}) AND sent_at < ?",
-                    (TIMED_OUT, now, r["id"], *_WAITING, now - r["device_timeout"]),
-                )
-                self._evaluate(c, r, now)
+            for r in repo.open_rollouts(c, OPEN):
+                if check_timeouts:
+                    cutoff = timeout_cutoff(now, r.device_timeout)
+                    repo.replace_state(
+                        c, r.id, _WAITING, TIMED_OUT, now, sent_before=cutoff, reason="device timeout"
+                    )
+                d = decide(r.view(self.max_pause), self._counts(c, r), now)
+                if d is not None:
+                    todo.append((r, d))
+        for r, d in todo:
+            self._carry_out(r, d, now)
 
     # ---- internals -----------------------------------------------------------------------
-    def _get(self, c: sqlite3.Connection, rid: str) -> sqlite3.Row:
-        row = c.execute("SELECT * FROM rollouts WHERE id=?", (rid,)).fetchone()
-        if row is None:
+    def _get(self, c: Conn, rid: str) -> RolloutRow:
+        r = repo.get_rollout(c, rid)
+        if r is None:
             raise NotFoundError(f"no rollout {rid}", hint="see `edgekit fleet rollout list`")
-        return row
+        return r
 
-    def _counts(self, c: sqlite3.Connection, rid: str, max_wave: int) -> dict[str, int]:
-        out = dict.fromkeys((PENDING, SENT, ACTIVE, FAILED, TIMED_OUT, REFUSED, "waiting", "total"), 0)
-        for row in c.execute(
-            "SELECT state, COUNT(*) AS n FROM rollout_devices WHERE rollout=? AND wave<=? GROUP BY state",
-            (rid, max_wave),
-        ):
-            out[row["state"]] = out.get(row["state"], 0) + row["n"]
-            if row["state"] != REFUSED:  # never sent: neither a success nor a failure
-                out["total"] += row["n"]
-            if row["state"] in _WAITING:
-                out["waiting"] += row["n"]
+    def _read(self, rid: str) -> RolloutRow:
+        with self.db.lock:
+            return self._get(self.db.conn, rid)
+
+    def _counts(self, c: Conn, r: RolloutRow) -> Counts:
+        n: dict[str, int] = {}
+        for _wave, state, k in repo.state_counts(c, r.id, r.wave):
+            n[state] = n.get(state, 0) + k
+        return Counts(
+            dispatched=sum(k for s, k in n.items() if s != REFUSED),
+            active=n.get(ACTIVE, 0),
+            failed=n.get(FAILED, 0),
+            timed_out=n.get(TIMED_OUT, 0),
+            waiting=sum(n.get(s, 0) for s in _WAITING),
+            refused=n.get(REFUSED, 0),
+        )
+
+    def _step(self, rid: str, now: float) -> None:
+        with self.db.tx() as c:
+            r = self._get(c, rid)
+            d = decide(r.view(self.max_pause), self._counts(c, r), now) if r.state in OPEN else None
+        if d is not None:
+            self._carry_out(r, d, now)
+
+    def _carry_out(self, r: RolloutRow, d: Decision, now: float) -> None:
+        if isinstance(d, Advance):
+            self._advance(r, now)
+        elif isinstance(d, Abort):
+            self._abort(r, d.reason, now)
+        elif isinstance(d, Complete):
+            self._end(r, COMPLETED, d.reason, now, expect=(r.state,))
+        elif isinstance(d, Cancel):
+            self._end(r, CANCELLED, d.reason, now, expect=(r.state,))
+
+    def _presign(self, batch: ManifestBatch, devices: list[str]) -> Presigned:
+        """Sign, outside any transaction, with the sequences the devices will be assigned."""
+        with self.db.lock:
+            snap = repo.sequence_snapshot(self.db.conn, devices)
+        out: Presigned = {}
+        for d in devices:
+            if d not in snap:
+                continue
+            seq = next_sequence(*snap[d])
+            if seq is not None and dispatch_refusal(d, seq) is None:
+                out[d] = (seq, batch.sign(d, seq))
         return out
 
-    def _evaluate(self, c: sqlite3.Connection, r: sqlite3.Row, now: float) -> None:
-        if r["state"] == PAUSED and now - (r["paused_at"] or now) > self.max_pause:
-            self._end(c, r, CANCELLED, "paused too long", now)
+    def _advance(self, r: RolloutRow, now: float) -> None:
+        """Dispatch the next wave that has pending devices (or move to the last wave if none has)."""
+        with self.db.lock:
+            wave = repo.next_pending_wave(self.db.conn, r.id, r.wave, PENDING)
+            pending = repo.members_in_wave(self.db.conn, r.id, wave, PENDING) if wave is not None else []
+        if wave is None:
+            with self.db.tx() as c:
+                repo.move_wave(c, r.id, r.wave, len(r.waves) - 1, RUNNING, now)
             return
-        n = self._counts(c, r["id"], r["wave"])
-        if n["total"] == 0:
-            if n[REFUSED] and r["state"] == RUNNING:
-                self._past_refused_wave(c, r, n[REFUSED], now)
-            return
-        failed = n[FAILED] + n[TIMED_OUT]
-        if failed / n["total"] > r["max_failure_rate"]:
-            self._abort(c, r, f"failure rate {failed}/{n['total']} above {r['max_failure_rate']:.0%}", now)
-            return
-        if r["state"] == PAUSED:
-            return
-        if n[ACTIVE] / n["total"] >= r["success_threshold"]:
-            last_wave = len(json.loads(r["waves"])) - 1
-            if r["wave"] < last_wave:
-                self._advance(c, r, now)
-                return
-            if n["waiting"] == 0:
-                refused = f", {n[REFUSED]} refused" if n[REFUSED] else ""
-                self._end(c, r, COMPLETED, f"{n[ACTIVE]}/{n['total']} active{refused}", now)
-                return
-        elif n["waiting"] == 0:
-            last_wave = len(json.loads(r["waves"])) - 1
-            self._abort(
-                c,
-                r,
-                f"success {n[ACTIVE]}/{n['total']} below {r['success_threshold']:.0%}"
-                + ("" if r["wave"] == last_wave else f" in wave {r['wave'] + 1}"),
-                now,
-            )
+        batch = self.publisher.batch(self.registry.version(r.model, r.version), r.id)
+        presigned = self._presign(batch, [m.device for m in pending])
+        with self.db.tx() as c:
+            self._dispatch(c, r, wave, batch, presigned, now)
 
-    def _past_refused_wave(self, c: sqlite3.Connection, r: sqlite3.Row, refused: int, now: float) -> None:
-        """Every device dispatched so far was refused: try the next wave, or end (every rollout
-        ends, even one no device could be offered)."""
-        if r["wave"] < len(json.loads(r["waves"])) - 1:
-            self._advance(c, r, now)
-        else:
-            self._abort(c, r, f"no device could be offered the update ({refused} refused)", now)
-
-    def _refuse(
-        self, c: sqlite3.Connection, rid: str, device: str, state: str, reason: str, now: float
-    ) -> None:
-        log.warning("rollout %s: device %s refused: %s", rid, repr(device)[:80], reason)
-        c.execute(
-            "UPDATE rollout_devices SET state=?, reason=?, updated=? WHERE rollout=? AND device=?",
-            (state, reason, now, rid, device),
-        )
-
-    def _advance(self, c: sqlite3.Connection, r: sqlite3.Row, now: float) -> None:
-        """Dispatch the next wave that has devices."""
-        release = self.registry.version(r["model"], r["version"])
-        last_wave = len(json.loads(r["waves"])) - 1
-        wave = r["wave"]
-        pending: list[sqlite3.Row] = []
-        while wave < last_wave:
-            wave += 1
-            pending = c.execute(
-                "SELECT rd.device, d.issued_sequence, d.sequence, d.active_model, d.active_version"
-                " FROM rollout_devices rd JOIN devices d ON d.id = rd.device"
-                " WHERE rd.rollout=? AND rd.wave=? AND rd.state=? ORDER BY rd.position",
-                (r["id"], wave, PENDING),
-            ).fetchall()
-            if pending:
-                break
-        c.execute("UPDATE rollouts SET wave=?, updated=? WHERE id=?", (wave, now, r["id"]))
-        for d in pending:
-            seq = next_sequence(d["issued_sequence"], d["sequence"])
-            refusal = dispatch_refusal(d["device"], seq)
-            if refusal or seq is None:
-                self._refuse(c, r["id"], d["device"], REFUSED, refusal or SEQUENCE_EXHAUSTED, now)
+    def _dispatch(
+        self, c: Conn, r: RolloutRow, wave: int, batch: ManifestBatch, presigned: Presigned, now: float
+    ) -> bool:
+        """Inside the transaction: claim `wave`, assign sequences in one statement, refuse who
+        cannot be sent, record and queue the manifests. False if the rollout moved meanwhile."""
+        if not repo.move_wave(c, r.id, r.wave, wave, RUNNING, now):
+            return False
+        members = repo.members_in_wave(c, r.id, wave, PENDING)
+        refused = [(m.device, REFUSED, INVALID_DEVICE_ID) for m in members if not topics.valid_name(m.device)]
+        valid = [m for m in members if topics.valid_name(m.device)]
+        seqs = repo.assign_sequences(c, [m.device for m in valid])
+        refused += [(m.device, REFUSED, SEQUENCE_EXHAUSTED) for m in valid if m.device not in seqs]
+        for device, _s, why in refused:
+            log.warning("rollout %s: device %s refused: %s", r.id, repr(device)[:80], why)
+        repo.set_member_states(c, r.id, refused, now)
+        sent, payloads = [], []
+        for m in valid:
+            seq = seqs.get(m.device)
+            if seq is None:
                 continue
-            c.execute("UPDATE devices SET issued_sequence=? WHERE id=?", (seq, d["device"]))
-            c.execute(
-                "UPDATE rollout_devices SET state=?, sequence=?, prev_model=?, prev_version=?, sent_at=?,"
-                " updated=? WHERE rollout=? AND device=?",
-                (SENT, seq, d["active_model"], d["active_version"], now, now, r["id"], d["device"]),
-            )
-            self.publisher.send(d["device"], release, seq, r["id"])
-        log.info("rollout %s: wave %d dispatched (%d devices)", r["id"], wave + 1, len(pending))
+            pre = presigned.get(m.device)
+            payload = pre[1] if pre is not None and pre[0] == seq else batch.sign(m.device, seq)
+            sent.append((m.device, seq, m.active_model, m.active_version))
+            payloads.append((m.device, payload, seq))
+        repo.mark_sent(c, r.id, sent, SENT, now)
+        self.publisher.store(c, payloads)
+        log.info("rollout %s: wave %d dispatched (%d devices)", r.id, wave + 1, len(sent))
+        return True
 
-    def _abort(self, c: sqlite3.Connection, r: sqlite3.Row, reason: str, now: float) -> None:
-        log.warning("rollout %s aborted: %s", r["id"], reason)
-        self._end(c, r, ABORTED, reason, now)
-        sent = c.execute(
-            "SELECT rd.device, rd.prev_model, rd.prev_version, d.issued_sequence, d.sequence"
-            " FROM rollout_devices rd JOIN devices d ON d.id = rd.device"
-            " WHERE rd.rollout=? AND rd.sequence IS NOT NULL",
-            (r["id"],),
-        ).fetchall()
-        releases: dict[tuple[str, str], dict[str, Any] | None] = {}
-        for d in sent:
-            if not topics.valid_name(d["device"]):  # sent by a version that stored any id
-                self._refuse(c, r["id"], d["device"], ROLLBACK_FAILED, INVALID_DEVICE_ID, now)
-                continue
-            key = (d["prev_model"], d["prev_version"])
+    def _abort(self, r: RolloutRow, reason: str, now: float) -> bool:
+        """End `r` as aborted and send every device that got its manifest a rollback (a new,
+        higher sequence for the version it ran before), or clear its desired state."""
+        releases: dict[tuple[str, str], ManifestBatch | None] = {}
+
+        def rollback_to(s: repo.Sent) -> ManifestBatch | None:
+            key = (s.prev_model or "", s.prev_version or "")
+            if not s.prev_model or key == (r.model, r.version):
+                return None
             if key not in releases:
                 try:
-                    releases[key] = self.registry.version(*key) if key[0] else None
+                    releases[key] = self.publisher.batch(self.registry.version(*key), r.id)
                 except NotFoundError:
                     releases[key] = None
-            prev = releases[key]
-            if prev is None or key == (r["model"], r["version"]):
-                self.publisher.clear(d["device"])
-                c.execute(
-                    "UPDATE rollout_devices SET state=?, updated=? WHERE rollout=? AND device=?",
-                    (NO_ROLLBACK, now, r["id"], d["device"]),
-                )
-                continue
-            seq = next_sequence(d["issued_sequence"], d["sequence"])
-            if seq is None:
-                self._refuse(c, r["id"], d["device"], ROLLBACK_FAILED, SEQUENCE_EXHAUSTED, now)
-                continue
-            c.execute("UPDATE devices SET issued_sequence=? WHERE id=?", (seq, d["device"]))
-            c.execute(
-                "UPDATE rollout_devices SET state=?, rollback_sequence=?, updated=?"
-                " WHERE rollout=? AND device=?",
-                (ROLLING_BACK, seq, now, r["id"], d["device"]),
-            )
-            self.publisher.send(d["device"], prev, seq, r["id"])
+            return releases[key]
 
-    def _end(self, c: sqlite3.Connection, r: sqlite3.Row, state: str, reason: str, now: float) -> None:
-        c.execute(
-            "UPDATE rollouts SET state=?, reason=?, ended=?, updated=? WHERE id=?",
-            (state, reason, now, now, r["id"]),
-        )
-        c.execute(
-            "UPDATE rollout_devices SET state=?, updated=? WHERE rollout=? AND state=?",
-            (SKIPPED, now, r["id"], PENDING),
-        )
-        log.info("rollout %s %s: %s", r["id"], state, reason)
+        with self.db.lock:
+            before = repo.sent_members(self.db.conn, r.id)
+        presigned: Presigned = {}
+        for s in before:
+            b = rollback_to(s)
+            seq = next_sequence(s.issued, s.reported)
+            if b is not None and seq is not None and dispatch_refusal(s.device, seq) is None:
+                presigned[s.device] = (seq, b.sign(s.device, seq))
+        with self.db.tx() as c:
+            if not repo.change_state(c, r.id, ABORTED, now, OPEN, reason=reason, ended=True):
+                return False
+            repo.replace_state(c, r.id, (PENDING,), SKIPPED, now)
+            states: list[tuple[str, str, str | None]] = []
+            rolling: list[repo.Sent] = []
+            clears: list[str] = []
+            for s in repo.sent_members(c, r.id):  # again: a wave may have gone out meanwhile
+                if not topics.valid_name(s.device):  # sent by a version that stored any id
+                    states.append((s.device, ROLLBACK_FAILED, INVALID_DEVICE_ID))
+                elif rollback_to(s) is None:
+                    clears.append(s.device)
+                    states.append((s.device, NO_ROLLBACK, None))
+                else:
+                    rolling.append(s)
+            seqs = repo.assign_sequences(c, [s.device for s in rolling])
+            payloads: list[tuple[str, bytes, int | None]] = [(d, b"", None) for d in clears]
+            marked = []
+            for s in rolling:
+                seq = seqs.get(s.device)
+                if seq is None:
+                    states.append((s.device, ROLLBACK_FAILED, SEQUENCE_EXHAUSTED))
+                    continue
+                pre = presigned.get(s.device)
+                b = rollback_to(s)
+                assert b is not None
+                payloads.append((s.device, pre[1] if pre and pre[0] == seq else b.sign(s.device, seq), seq))
+                marked.append((s.device, seq))
+            repo.set_member_states(c, r.id, states, now)
+            repo.mark_rolling_back(c, r.id, marked, ROLLING_BACK, now)
+            self.publisher.store(c, payloads)
+        log.warning("rollout %s aborted: %s", r.id, reason)
+        return True
+
+    def _end(self, r: RolloutRow, state: str, reason: str, now: float, expect: tuple[str, ...]) -> bool:
+        with self.db.tx() as c:
+            if not repo.change_state(c, r.id, state, now, expect, reason=reason, ended=True):
+                return False
+            repo.replace_state(c, r.id, (PENDING,), SKIPPED, now)
+        log.info("rollout %s %s: %s", r.id, state, reason)
+        return True
 
     # ---- reporting -------------------------------------------------------------------------
     def status(self, rid: str) -> dict[str, Any]:
         with self.db.lock:
-            c = self.db.conn
-            r = self._get(c, rid)
-            waves = json.loads(r["waves"])
-            per_wave = [
-                {"wave": i + 1, "percent": p, "devices": 0, **dict.fromkeys(COUNT_KEYS, 0)}
-                for i, p in enumerate(waves)
-            ]
-            for row in c.execute(
-                "SELECT wave, state, COUNT(*) AS n FROM rollout_devices WHERE rollout=? GROUP BY wave, state",
-                (rid,),
-            ):
-                w = per_wave[row["wave"]]
-                w["devices"] += row["n"]
-                w[_count_bucket(row["state"])] += row["n"]
-            totals = {k: sum(w[k] for w in per_wave) for k in ("devices", *COUNT_KEYS)}
+            r = self._get(self.db.conn, rid)
+            counts = repo.state_counts(self.db.conn, rid)  # one snapshot: no tx is open under the lock
+        per_wave = [
+            {"wave": i + 1, "percent": p, "devices": 0, **dict.fromkeys(COUNT_KEYS, 0)}
+            for i, p in enumerate(r.waves)
+        ]
+        for wave, state, n in counts:
+            w = per_wave[wave]
+            w["devices"] += n
+            w[_count_bucket(state)] += n
+        totals = {k: sum(w[k] for w in per_wave) for k in ("devices", *COUNT_KEYS)}
         return {
-            "id": r["id"],
-            "model": r["model"],
-            "version": r["version"],
-            "state": r["state"],
-            "reason": r["reason"],
-            "selector": json.loads(r["selector"]),
+            "id": r.id,
+            "model": r.model,
+            "version": r.version,
+            "state": r.state,
+            "reason": r.reason,
+            "selector": r.selector,
             "waves": per_wave,
-            "current_wave": r["wave"] + 1,
+            "current_wave": r.wave + 1,
             "totals": totals,
-            "success_threshold": r["success_threshold"],
-            "max_failure_rate": r["max_failure_rate"],
-            "device_timeout": r["device_timeout"],
-            "created": r["created"],
-            "ended": r["ended"],
+            "success_threshold": r.success_threshold,
+            "max_failure_rate": r.max_failure_rate,
+            "device_timeout": r.device_timeout,
+            "created": r.created,
+            "ended": r.ended,
         }
 
     def list(self) -> list[dict[str, Any]]:
-        rows = self.db.query("SELECT id FROM rollouts ORDER BY created")
-        return [self.status(r["id"]) for r in rows]
+        with self.db.lock:
+            ids = repo.rollout_ids(self.db.conn)
+        return [self.status(rid) for rid in ids]
 
     def device_states(self, rid: str) -> dict[str, str]:
-        return {
-            r["device"]: r["state"]
-            for r in self.db.query("SELECT device, state FROM rollout_devices WHERE rollout=?", (rid,))
-        }
+        with self.db.lock:
+            return repo.member_states(self.db.conn, rid)

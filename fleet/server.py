@@ -27,6 +27,7 @@ from fleet.desired import DesiredStore
 from fleet.devices import DeviceRegistry
 from fleet.keys import KeyStore
 from fleet.mqtt import MqttLink
+from fleet.outbox import Outbox
 from fleet.publisher import Publisher
 from fleet.registry import Registry
 from fleet.rollouts import RolloutEngine
@@ -64,11 +65,12 @@ class FleetServer:
         self.keys = KeyStore(self.state_dir)
         self.broker: Any = None
         self.link: MqttLink | None = None
+        self.outbox: Outbox | None = None
         self.engine: RolloutEngine
         self.admin_token = ""
         self._events: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stopped = False
         self._http: list[Any] = []
         self.messages_in = 0
         self.outcomes = ingest.Outcomes()  # per message: accepted, or refused by reason
@@ -99,8 +101,11 @@ class FleetServer:
             on_reconnect=lambda: self._events.put(("", RESYNC, b"")),
         )
         self.link.connect()
+        # One publisher loop for every message the server sends (fleet.outbox).
+        self.outbox = Outbox(self.db, self.link, float(self.cfg["server"].get("outbox_retry_seconds", 10.0)))
+        self.outbox.start()
         publisher = Publisher(
-            self.link,
+            self.outbox,
             self.desired,
             self.fleet,
             self.keys.release_key(),
@@ -132,14 +137,23 @@ class FleetServer:
         )
 
     def stop(self) -> None:
-        self._stop.set()
-        self._events.put(None)
-        if self._thread:
-            self._thread.join(timeout=10)
-        for s in self._http:
-            s.stop()
+        if self._stopped:
+            return
+        self._stopped = True
+        # Publish what is committed (bounded: the broker may be away; what is left goes out at the
+        # next start). Then stop the inflow, and let the engine apply every report already taken
+        # in (the broker keeps what it has not delivered for the persistent session): none is lost.
+        if self.outbox:
+            self.outbox.flush(float(self.cfg["server"].get("stop_flush_seconds", 5.0)))
         if self.link:
             self.link.close()
+        self._events.put(None)
+        if self._thread:
+            self._thread.join(timeout=30)
+        if self.outbox:  # what is still unpublished stays in the outbox for the next start
+            self.outbox.stop()
+        for s in self._http:
+            s.stop()
         if self.broker:
             self.broker.stop()
         self.db.close()
@@ -159,11 +173,11 @@ class FleetServer:
         return self.keys.current_root().version
 
     def resync(self) -> int:
-        """Publish the root chain and every stored desired payload again, retained and
+        """Queue the root chain and every stored desired payload again, retained and
         byte-identical: the server is the source of truth, the broker's retained messages a cache
         that a restart without persistence or a failover can lose. Agents ignore (or resume) a
         byte-identical manifest, so re-sending is always safe."""
-        with self.db.lock:
+        with self.db.tx():
             self.publisher.publish_roots(self.keys.root_chain())
             n = self.publisher.republish()
         self.resyncs += 1
@@ -197,22 +211,26 @@ class FleetServer:
     def _loop(self) -> None:
         tick = float(self.cfg["server"]["tick_seconds"])
         next_tick = time.monotonic()
-        while not self._stop.is_set():
+        while True:
             batch = self._drain(max(0.0, next_tick - time.monotonic()))
-            if any(e is None for e in batch):
-                return
-            if any(e is not None and e[1] == RESYNC for e in batch):
+            stopping = any(e is None for e in batch)  # stop() enqueues None after the last message
+            events = [e for e in batch if e is not None]
+            if not stopping and any(e[1] == RESYNC for e in events):
                 try:
                     self.resync()
                 except Exception:  # the next reconnect retries; the stored state is intact
                     log.exception("re-publishing desired state failed")
             try:
-                self._apply([e for e in batch if e is not None])
+                self._apply(events)
+                if stopping:
+                    return
                 # Tick on every batch too: a wave advances as soon as its last report arrives.
                 self.engine.tick()
                 next_tick = time.monotonic() + tick
             except Exception:  # keep serving; the next tick retries
                 log.exception("engine loop error")
+                if stopping:
+                    return
 
     def _apply(self, batch: list[tuple[str, str, bytes]]) -> None:
         """One transaction per batch, one savepoint per message: a refused or failing message

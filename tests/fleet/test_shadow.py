@@ -19,6 +19,7 @@ import pytest
 from edgekit import topics
 from fleet.db import Database
 from fleet.desired import DesiredStore
+from fleet.outbox import Outbox
 from fleet.publisher import Publisher
 from fleet.server import FleetServer
 from tests.fleet.conftest import FLEET, server_config
@@ -137,23 +138,33 @@ def test_desired_state_is_committed_before_it_is_published(tmp_path):
     other = DesiredStore(Database(tmp_path / "fleet.db"))  # sees committed rows only
     sent: list[tuple[str, bytes, bool, int, bytes | None]] = []
 
+    class Acked:
+        def is_published(self) -> bool:
+            return True
+
     class Transport:
-        def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+        def is_connected(self) -> bool:
+            return True
+
+        def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> Acked:
             sent.append((topic, payload, retain, qos, other.get(topics.parse(topic)[1])))
+            return Acked()
 
     store = DesiredStore(db)
-    pub = Publisher(Transport(), store, FLEET, None, "http://x")  # type: ignore[arg-type]
+    outbox = Outbox(db, Transport())
+    pub = Publisher(outbox, store, FLEET, None, "http://x")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError), db.tx():
         pub.clear("dev-1")
         raise RuntimeError("the rollout engine's transaction fails")
-    assert sent == [] and store.get("dev-1") is None  # rolled back: never published
+    assert outbox.drain() and sent == [] and store.get("dev-1") is None  # rolled back: never published
     with db.tx():
         pub.clear("dev-1")
-        assert sent == []  # not before the commit
+        assert outbox.cycle() == 0 and sent == []  # not before the commit
+    assert outbox.drain()
     assert sent == [(topics.desired(FLEET, "dev-1"), b"", True, 1, b"")]  # committed, then sent
     store.put("dev-2", b"signed bytes", 7)
     sent.clear()
-    assert pub.republish() == 2
+    assert pub.republish() == 2 and outbox.drain()
     assert [(t, p, r, q) for t, p, r, q, _ in sent] == [
         (topics.desired(FLEET, "dev-1"), b"", True, 1),
         (topics.desired(FLEET, "dev-2"), b"signed bytes", True, 1),

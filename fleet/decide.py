@@ -1,0 +1,99 @@
+"""What a rollout does next, decided from its counts alone: no database, no clock, no I/O.
+
+The rollout engine (fleet.rollouts) reads a `Rollout` and its `Counts`, calls `decide`, and
+carries out the answer; every rule of the staged rollout lives here, testable with a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RUNNING, PAUSED = "running", "paused"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: str
+    state: str  # running | paused (an ended rollout is never decided on)
+    wave: int  # index of the last dispatched wave, -1 before the first
+    waves: tuple[float, ...]  # cumulative percentages
+    success_threshold: float
+    max_failure_rate: float
+    paused_at: float | None = None
+    max_pause: float = 7 * 86400
+
+    @property
+    def last_wave(self) -> int:
+        return len(self.waves) - 1
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Devices of the waves dispatched so far, by outcome. `dispatched` excludes refused devices
+    (never sent a manifest: neither a success nor a failure)."""
+
+    dispatched: int = 0
+    active: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    waiting: int = 0  # sent, or reported an in-progress state
+    refused: int = 0
+
+
+@dataclass(frozen=True)
+class Advance:
+    """Dispatch the next wave that has devices."""
+
+
+@dataclass(frozen=True)
+class Complete:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Abort:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    reason: str
+
+
+Decision = Advance | Complete | Abort | Cancel
+
+
+def decide(rollout: Rollout, counts: Counts, now: float) -> Decision | None:
+    """The next step of an open rollout, or None to wait."""
+    r, n = rollout, counts
+    if r.state == PAUSED and now - (r.paused_at if r.paused_at is not None else now) > r.max_pause:
+        return Cancel("paused too long")
+    if n.dispatched == 0:
+        # Every device dispatched so far was refused: try the next wave, or end (every rollout
+        # ends, even one no device could be offered).
+        if n.refused and r.state == RUNNING:
+            if r.wave < r.last_wave:
+                return Advance()
+            return Abort(f"no device could be offered the update ({n.refused} refused)")
+        return None
+    failed = n.failed + n.timed_out
+    if failed / n.dispatched > r.max_failure_rate:  # at any wave, paused or not
+        return Abort(f"failure rate {failed}/{n.dispatched} above {r.max_failure_rate:.0%}")
+    if r.state == PAUSED:
+        return None
+    if n.active / n.dispatched >= r.success_threshold:
+        if r.wave < r.last_wave:
+            return Advance()
+        if n.waiting == 0:
+            refused = f", {n.refused} refused" if n.refused else ""
+            return Complete(f"{n.active}/{n.dispatched} active{refused}")
+        return None
+    if n.waiting == 0:
+        where = "" if r.wave == r.last_wave else f" in wave {r.wave + 1}"
+        return Abort(f"success {n.active}/{n.dispatched} below {r.success_threshold:.0%}{where}")
+    return None
+
+
+def timeout_cutoff(now: float, device_timeout: float) -> float:
+    """A device sent its manifest before this instant and still waiting has timed out."""
+    return now - device_timeout

@@ -1,0 +1,370 @@
+"""The SQL of the rollout engine, the desired-state shadow and the outbox, in one place.
+
+Each function runs on the connection of the caller's transaction (fleet.db.Database.tx), so a
+state change and the messages it causes commit together. Statements are set-based (one
+statement per wave, not one per device) and portable where that is cheap: `ON CONFLICT`,
+`RETURNING` and subqueries read the same in SQLite >= 3.35 and PostgreSQL. The two
+SQLite-only spellings are named constants below (a PostgreSQL backend swaps them):
+- a list parameter: `json_each(?)` over a JSON array (PostgreSQL: `= ANY(%s)`);
+- the larger of two values: scalar `MAX(a, b)` (PostgreSQL: `GREATEST(a, b)`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit.protocol import MAX_SEQUENCE
+from fleet import decide
+
+Conn = sqlite3.Connection
+IN_LIST = "(SELECT value FROM json_each(?))"  # `x IN IN_LIST` with one JSON-array parameter
+GREATEST = "MAX"
+
+
+def _list(values: Iterable[Any]) -> str:
+    return json.dumps(list(values))
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+@dataclass(frozen=True)
+class RolloutRow:
+    id: str
+    model: str
+    version: str
+    selector: dict[str, str]
+    waves: tuple[float, ...]
+    success_threshold: float
+    max_failure_rate: float
+    device_timeout: float
+    state: str
+    wave: int
+    reason: str | None
+    created: float
+    paused_at: float | None
+    ended: float | None
+
+    def view(self, max_pause: float) -> decide.Rollout:
+        """What fleet.decide needs of it."""
+        return decide.Rollout(
+            self.id,
+            self.state,
+            self.wave,
+            self.waves,
+            self.success_threshold,
+            self.max_failure_rate,
+            self.paused_at,
+            max_pause,
+        )
+
+
+@dataclass(frozen=True)
+class Member:
+    """A device of a rollout with what dispatching it needs."""
+
+    device: str
+    issued: int  # highest sequence the fleet ever sent it
+    reported: int | None  # last sequence it reported
+    active_model: str | None
+    active_version: str | None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A device that was sent the rollout's manifest, with what it ran before (the rollback)."""
+
+    device: str
+    prev_model: str | None
+    prev_version: str | None
+    issued: int
+    reported: int | None
+
+
+def _rollout(r: sqlite3.Row) -> RolloutRow:
+    return RolloutRow(
+        r["id"],
+        r["model"],
+        r["version"],
+        json.loads(r["selector"]),
+        tuple(json.loads(r["waves"])),
+        r["success_threshold"],
+        r["max_failure_rate"],
+        r["device_timeout"],
+        r["state"],
+        r["wave"],
+        r["reason"],
+        r["created"],
+        r["paused_at"],
+        r["ended"],
+    )
+
+
+# ---- devices -------------------------------------------------------------------------------
+def select_devices(c: Conn, selector: dict[str, str], ids: list[str] | None = None) -> list[str]:
+    """Ids of the devices whose labels match every `selector` pair (and are in `ids`, if given)."""
+    where, args = [], []
+    for k, v in selector.items():
+        where.append(
+            "EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.key=? AND l.type='text' AND l.value=?)"
+        )
+        args += [k, v]
+    if ids is not None:
+        where.append(f"d.id IN {IN_LIST}")
+        args.append(_list(ids))
+    sql = "SELECT d.id FROM devices d" + (" WHERE " + " AND ".join(where) if where else "")
+    return [r[0] for r in c.execute(sql + " ORDER BY d.id", args)]
+
+
+def assign_sequences(c: Conn, devices: Iterable[str]) -> dict[str, int]:
+    """Give each device its next manifest sequence, atomically, in one statement: above all it
+    was sent and all it reported. A device whose next sequence would pass MAX_SEQUENCE is left
+    out (the comparison is made before adding, so nothing ever overflows)."""
+    rows = c.execute(
+        f"UPDATE devices SET issued_sequence = {GREATEST}(issued_sequence, COALESCE(sequence, 0)) + 1"
+        f" WHERE id IN {IN_LIST} AND {GREATEST}(issued_sequence, COALESCE(sequence, 0)) < ?"
+        " RETURNING id, issued_sequence",
+        (_list(devices), MAX_SEQUENCE),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+def sequence_snapshot(c: Conn, devices: Iterable[str]) -> dict[str, tuple[int, int | None]]:
+    """(issued, reported) per device, to predict the sequences `assign_sequences` will give."""
+    rows = c.execute(
+        f"SELECT id, issued_sequence, sequence FROM devices WHERE id IN {IN_LIST}", (_list(devices),)
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+# ---- rollouts --------------------------------------------------------------------------------
+def get_rollout(c: Conn, rid: str) -> RolloutRow | None:
+    row = c.execute("SELECT * FROM rollouts WHERE id=?", (rid,)).fetchone()
+    return _rollout(row) if row else None
+
+
+def open_rollouts(c: Conn, states: Sequence[str]) -> list[RolloutRow]:
+    rows = c.execute(f"SELECT * FROM rollouts WHERE state IN ({_marks(states)}) ORDER BY created", states)
+    return [_rollout(r) for r in rows]
+
+
+def rollout_ids(c: Conn) -> list[str]:
+    return [r[0] for r in c.execute("SELECT id FROM rollouts ORDER BY created")]
+
+
+def insert_rollout(c: Conn, r: RolloutRow, now: float) -> None:
+    c.execute(
+        "INSERT INTO rollouts (id, model, version, selector, waves, success_threshold,"
+        " max_failure_rate, device_timeout, state, wave, created, updated)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            r.id,
+            r.model,
+            r.version,
+            json.dumps(r.selector),
+            json.dumps(list(r.waves)),
+            r.success_threshold,
+            r.max_failure_rate,
+            r.device_timeout,
+            r.state,
+            r.wave,
+            now,
+            now,
+        ),
+    )
+
+
+def insert_members(c: Conn, rid: str, members: Iterable[tuple[str, int, int]], state: str) -> None:
+    """(device, wave, position) rows of a new rollout."""
+    c.executemany(
+        "INSERT INTO rollout_devices (rollout, device, wave, position, state) VALUES (?,?,?,?,?)",
+        ((rid, d, w, p, state) for d, w, p in members),
+    )
+
+
+def clashes(c: Conn, rid: str, open_states: Sequence[str]) -> list[str]:
+    """Other open rollouts sharing a device with `rid` (one join on the device index)."""
+    rows = c.execute(
+        "SELECT DISTINCT r.id FROM rollout_devices mine"
+        " JOIN rollout_devices rd ON rd.device = mine.device AND rd.rollout <> mine.rollout"
+        f" JOIN rollouts r ON r.id = rd.rollout WHERE mine.rollout=? AND r.state IN ({_marks(open_states)})"
+        " ORDER BY r.id",
+        (rid, *open_states),
+    )
+    return [r[0] for r in rows]
+
+
+def change_state(
+    c: Conn,
+    rid: str,
+    state: str,
+    now: float,
+    expect: Sequence[str],
+    reason: str | None = None,
+    paused_at: float | None = None,
+    ended: bool = False,
+) -> bool:
+    """Compare-and-set: move `rid` to `state` only if it is in one of `expect`."""
+    cur = c.execute(
+        "UPDATE rollouts SET state=?, paused_at=?, reason=COALESCE(?, reason),"
+        f" ended=CASE WHEN ? THEN ? ELSE ended END, updated=? WHERE id=? AND state IN ({_marks(expect)})",
+        (state, paused_at, reason, int(ended), now, now, rid, *expect),
+    )
+    return cur.rowcount == 1
+
+
+def move_wave(c: Conn, rid: str, from_wave: int, to_wave: int, state: str, now: float) -> bool:
+    """Compare-and-set of the dispatched wave: two dispatchers never send one wave twice."""
+    cur = c.execute(
+        "UPDATE rollouts SET wave=?, updated=? WHERE id=? AND wave=? AND state=?",
+        (to_wave, now, rid, from_wave, state),
+    )
+    return cur.rowcount == 1
+
+
+def next_pending_wave(c: Conn, rid: str, after: int, pending: str) -> int | None:
+    row = c.execute(
+        "SELECT MIN(wave) FROM rollout_devices WHERE rollout=? AND wave>? AND state=?", (rid, after, pending)
+    ).fetchone()
+    return row[0]
+
+
+def members_in_wave(c: Conn, rid: str, wave: int, state: str) -> list[Member]:
+    rows = c.execute(
+        "SELECT rd.device, d.issued_sequence, d.sequence, d.active_model, d.active_version"
+        " FROM rollout_devices rd JOIN devices d ON d.id = rd.device"
+        " WHERE rd.rollout=? AND rd.wave=? AND rd.state=? ORDER BY rd.position",
+        (rid, wave, state),
+    )
+    return [Member(*r) for r in rows]
+
+
+def sent_members(c: Conn, rid: str) -> list[Sent]:
+    rows = c.execute(
+        "SELECT rd.device, rd.prev_model, rd.prev_version, d.issued_sequence, d.sequence"
+        " FROM rollout_devices rd JOIN devices d ON d.id = rd.device"
+        " WHERE rd.rollout=? AND rd.sequence IS NOT NULL ORDER BY rd.position",
+        (rid,),
+    )
+    return [Sent(*r) for r in rows]
+
+
+def mark_sent(
+    c: Conn, rid: str, sent: Iterable[tuple[str, int, str | None, str | None]], state: str, now: float
+) -> None:
+    """(device, sequence, prev_model, prev_version) rows that were just sent the manifest."""
+    c.executemany(
+        "UPDATE rollout_devices SET state=?, sequence=?, prev_model=?, prev_version=?, sent_at=?, updated=?"
+        " WHERE rollout=? AND device=?",
+        ((state, seq, pm, pv, now, now, rid, d) for d, seq, pm, pv in sent),
+    )
+
+
+def mark_rolling_back(c: Conn, rid: str, sent: Iterable[tuple[str, int]], state: str, now: float) -> None:
+    c.executemany(
+        "UPDATE rollout_devices SET state=?, rollback_sequence=?, updated=? WHERE rollout=? AND device=?",
+        ((state, seq, now, rid, d) for d, seq in sent),
+    )
+
+
+def set_member_states(c: Conn, rid: str, rows: Iterable[tuple[str, str, str | None]], now: float) -> None:
+    """(device, state, reason) rows; a None reason keeps the stored one."""
+    c.executemany(
+        "UPDATE rollout_devices SET state=?, reason=COALESCE(?, reason), updated=? WHERE rollout=? AND device=?",
+        ((s, why, now, rid, d) for d, s, why in rows),
+    )
+
+
+def replace_state(c: Conn, rid: str, old: Sequence[str], new: str, now: float, **where: Any) -> int:
+    """Every member of `rid` in one of `old` states moves to `new` (optionally: sent before
+    `sent_before`, with a reason)."""
+    extra, args = "", []
+    if "sent_before" in where:
+        extra, args = " AND sent_at < ?", [where["sent_before"]]
+    cur = c.execute(
+        "UPDATE rollout_devices SET state=?, updated=?, reason=COALESCE(?, reason)"
+        f" WHERE rollout=? AND state IN ({_marks(old)}){extra}",
+        (new, now, where.get("reason"), rid, *old, *args),
+    )
+    return cur.rowcount
+
+
+def state_counts(c: Conn, rid: str, max_wave: int | None = None) -> list[tuple[int, str, int]]:
+    """(wave, state, devices) of `rid`, up to `max_wave` when given."""
+    sql = "SELECT wave, state, COUNT(*) FROM rollout_devices WHERE rollout=?"
+    args: list[Any] = [rid]
+    if max_wave is not None:
+        sql += " AND wave<=?"
+        args.append(max_wave)
+    return [(r[0], r[1], r[2]) for r in c.execute(sql + " GROUP BY wave, state", args)]
+
+
+def member_states(c: Conn, rid: str) -> dict[str, str]:
+    return {
+        r[0]: r[1] for r in c.execute("SELECT device, state FROM rollout_devices WHERE rollout=?", (rid,))
+    }
+
+
+def members_for_status(c: Conn, device: str, sequence: int | None, rollout: str | None) -> list[sqlite3.Row]:
+    """The memberships a status report is about: by the sequence it reports (the manifest or the
+    rollback), or by rollout id when it reports none."""
+    return c.execute(
+        "SELECT rollout, device, state, rollback_sequence FROM rollout_devices WHERE device=?"
+        " AND (sequence=? OR rollback_sequence=? OR (? IS NULL AND rollout=?))",
+        (device, sequence, sequence, sequence, rollout),
+    ).fetchall()
+
+
+# ---- desired-state shadow and outbox ------------------------------------------------------
+def put_desired(c: Conn, rows: Iterable[tuple[str, bytes, int | None]], now: float) -> None:
+    """(device, payload, sequence): what each device's `desired` topic now holds."""
+    c.executemany(
+        "INSERT INTO desired (device, payload, sequence, updated) VALUES (?,?,?,?)"
+        " ON CONFLICT (device) DO UPDATE SET payload=excluded.payload,"
+        " sequence=excluded.sequence, updated=excluded.updated",
+        ((d, bytes(p), s, now) for d, p, s in rows),
+    )
+
+
+def all_desired(c: Conn) -> list[tuple[str, bytes]]:
+    return [(r[0], bytes(r[1])) for r in c.execute("SELECT device, payload FROM desired ORDER BY device")]
+
+
+def get_desired(c: Conn, device: str) -> bytes | None:
+    row = c.execute("SELECT payload FROM desired WHERE device=?", (device,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def outbox_add(c: Conn, rows: Iterable[tuple[str, bytes, bool]], now: float) -> None:
+    """(topic, payload, retain) messages to publish once the caller's transaction commits."""
+    c.executemany(
+        "INSERT INTO outbox (topic, payload, retain, created) VALUES (?,?,?,?)",
+        ((t, bytes(p), int(r), now) for t, p, r in rows),
+    )
+
+
+def outbox_pending(c: Conn, after: int, limit: int) -> list[tuple[int, str, bytes, bool]]:
+    """Unsent rows with an id above `after`, oldest first."""
+    rows = c.execute(
+        "SELECT id, topic, payload, retain FROM outbox WHERE sent IS NULL AND id > ? ORDER BY id LIMIT ?",
+        (after, limit),
+    )
+    return [(r[0], r[1], bytes(r[2]), bool(r[3])) for r in rows]
+
+
+def outbox_mark_sent(c: Conn, ids: Iterable[int], now: float) -> None:
+    c.execute(f"UPDATE outbox SET sent=? WHERE id IN {IN_LIST}", (now, _list(ids)))
+
+
+def outbox_prune(c: Conn, sent_before: float) -> None:
+    c.execute("DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ?", (sent_before,))
+
+
+def outbox_count(c: Conn, pending: bool = True) -> int:
+    cond = "sent IS NULL" if pending else "sent IS NOT NULL"
+    return int(c.execute(f"SELECT COUNT(*) FROM outbox WHERE {cond}").fetchone()[0])
