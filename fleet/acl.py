@@ -1,5 +1,6 @@
-"""Who may do what on which topic: one table, enforced by the embedded broker (fleet.broker_acl)
-and rendered as the Mosquitto ACL file (fleet.mosquitto), so both brokers apply the same rules.
+"""Who may do what on which topic: one table, enforced by the embedded broker (fleet.broker_acl),
+rendered as the Mosquitto ACL file (fleet.mosquitto) and as NATS subject permissions (fleet.nats),
+so every broker applies the same rules.
 
 A device's MQTT username is its device id. It may read its own `desired` and the fleet's
 retained `roots`, and write only its own `status` (state changes and heartbeats) and `online`
@@ -27,6 +28,12 @@ DEVICE_RULES: tuple[tuple[Access, str], ...] = (
     (Access.WRITE, f"devices/{DEVICE}/{topics.STATUS}"),
     (Access.WRITE, f"devices/{DEVICE}/{topics.ONLINE}"),
 )
+
+
+def server_filter(fleet: str) -> str:
+    """The server user's grant, read and write: the whole fleet (an MQTT filter; `#` also matches
+    the fleet's own level, as `allowed` below does)."""
+    return f"{topics.PREFIX}/{fleet}/#"
 
 
 @lru_cache(maxsize=4096)  # called for every delivery; the answer only depends on its arguments

@@ -22,7 +22,7 @@ from typing import Any
 
 from edgekit import topics
 from fleet import config as fleet_config
-from fleet.acl import DEVICE, DEVICE_RULES
+from fleet.acl import DEVICE, DEVICE_RULES, server_filter
 from fleet.credentials import hash_password, open_store
 from fleet.errors import FleetError
 
@@ -31,7 +31,7 @@ SETTINGS = ("allow_anonymous false", "use_username_as_clientid true")
 
 def acl_text(fleet: str, server_user: str, devices: Iterable[str]) -> str:
     base = f"{topics.PREFIX}/{topics.check_name('fleet', fleet)}"
-    lines = [f"user {server_user}", f"topic readwrite {base}/#", ""]
+    lines = [f"user {server_user}", f"topic readwrite {server_filter(fleet)}", ""]
     plain = [(a, p) for a, p in DEVICE_RULES if DEVICE not in p]
     for device in sorted(set(devices)):
         lines.append(f"user {topics.check_name('device id', device)}")
