@@ -156,6 +156,7 @@ _PASSES: dict[str, tuple[str, ...]] = {
         "minmax-to-where",
         "flatten-to-reshape",
         "materialize-passthrough-outputs",
+        "unroll-recurrent",  # onnx2torch has no LSTM/GRU/RNN converter
         "globalmaxpool-to-reducemax",
         "sum-to-add",  # e.g. in Gelu's body
         "clip-dynamic-bounds",  # onnx2torch: "Dynamic value of min/max is not implemented"

@@ -27,6 +27,7 @@ from converters.passes import (  # noqa: F401
     minmax,
     opset,
     passthrough,
+    rnn,
     trig,
 )
 from converters.passes.registry import EDGE_TARGETS, REGISTRY, Pass, register
