@@ -24,7 +24,15 @@ toolchains: setup
 
 setup-test: setup system-deps toolchains
 
-demo: setup
+# The demo needs the base install plus the embedded MQTT broker: not the dev extra (torch, test tools).
+DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[broker]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/edgekit demo
 
 # The foundation's main job: the bundled sample to all four targets, every precision, validated.

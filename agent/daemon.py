@@ -26,6 +26,7 @@ from agent.server import ServerThread, build_app
 from agent.state import StateStore
 from agent.store import Entry, ModelStore
 from agent.updater import Updater
+from edgekit.sdnotify import Watchdog, notify
 from edgekit.settings import ConfigProblems
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,27 @@ class Agent:
     def wait(self) -> None:
         self._stop.wait()
 
+    def healthy(self) -> bool:
+        """What the systemd watchdog vouches for: the OIP event loop answers a liveness request
+        (a wedged loop still has a live thread) and the updater thread is running."""
+        if self._stop.is_set() or not self._ready.is_set():
+            return False
+        upd = self.updater._thread if self.updater is not None else None
+        if upd is not None and not upd.is_alive():
+            return False
+        if self.server is None:
+            return True
+        import http.client
+
+        conn = http.client.HTTPConnection(self.server.host, self.server.port, timeout=5)
+        try:
+            conn.request("GET", "/v2/health/live")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
 
 def run_daemon(config_path: str | Path) -> None:
     cfg = load_agent_config(config_path)
@@ -215,5 +237,13 @@ def run_daemon(config_path: str | Path) -> None:
     agent.start()
     if agent.server:
         print(f"edgekit agent {agent.device}: OIP on {agent.server.url}", flush=True)
+    # Type=notify: ready means models loaded and the OIP server listening (agent.start returned).
+    notify(f"READY=1\nSTATUS=serving {len(agent.registry.all())} model(s)")
+    watchdog = Watchdog.from_env(agent.healthy)
+    if watchdog is not None:
+        watchdog.start()
     stop.wait()
+    notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.stop()
     agent.stop()

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from edgekit import formats
+from edgekit.log import stdout_console
 
 toolchain_app = typer.Typer(
     help="Install and list the isolated converter environments (TFLite/TF.js: onnx2tf + TensorFlow; "
@@ -119,7 +120,7 @@ def convert(
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print_table(report, Console(width=max(Console().width, 150)))
+        print_table(report, stdout_console())
     if not report.ok:
         raise typer.Exit(1)
 
@@ -137,7 +138,7 @@ def inspect(
     if as_json:
         print(json.dumps(info, indent=2))
     else:
-        print_inspection(info, Console(width=max(Console().width, 120)))
+        print_inspection(info, stdout_console())
 
 
 @toolchain_app.command("install")
@@ -187,7 +188,7 @@ def toolchain_list(as_json: bool = typer.Option(False, "--json", help="JSON outp
             "yes" if r["installed"] else "no: edgekit toolchain install " + r["name"],
             r["path"],
         )
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -177,6 +177,7 @@ def serve(config: Path | None = ConfigOpt) -> None:
     import signal
     import threading
 
+    from edgekit.sdnotify import Watchdog, notify
     from fleet.server import FleetServer
 
     cfg = _cfg(config)
@@ -191,7 +192,16 @@ def serve(config: Path | None = ConfigOpt) -> None:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    # systemd Type=notify: srv.start() returned, so the broker, the MQTT link and both HTTP
+    # listeners are up. The watchdog vouches for the rollout engine's thread.
+    notify("READY=1")
+    watchdog = Watchdog.from_env(lambda: srv._thread is not None and srv._thread.is_alive())
+    if watchdog is not None:
+        watchdog.start()
     done.wait()
+    notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.stop()
     srv.stop()
 
 

@@ -8,6 +8,9 @@ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # systemd-analyze security/verify on deploy/*.service (tests/test_systemd_units.py).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The README quick tour (tests/test_docs.py) uses curl and jq.
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v chromium >/dev/null 2>&1 || need+=(chromium chromium-driver)
 # QEMU user mode runs ONNX Runtime as an AVX2-without-VNNI CPU (tests/converters/test_int8_cpu_classes.py).
 if [ "$(uname -m)" = x86_64 ] && ! command -v qemu-x86_64-static >/dev/null 2>&1 \

@@ -10,7 +10,8 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from edgekit.log import stdout_console
 
 targets_app = typer.Typer(help="Device profiles: which formats, precisions and runtimes a device takes.")
 bundle_app = typer.Typer(
@@ -42,12 +43,12 @@ def targets_list(as_json: bool = typer.Option(False, "--json", help="JSON output
     for p in profiles.values():
         table.add_row(
             p.name,
-            "\n".join(f"{t} {', '.join(p.modes)}" for t in p.targets),
+            "\n".join(f"{t} {', '.join(m for pt, m in p.pairs if pt == t)}" for t in p.targets),
             escape(p.runtime),
             p.bundle or "-",
             escape(p.description),
         )
-    Console(width=max(Console().width, 140)).print(table)
+    stdout_console().print(table)
 
 
 def _print(info, as_json: bool) -> None:
@@ -55,7 +56,7 @@ def _print(info, as_json: bool) -> None:
         print(json.dumps(info.to_dict(), indent=2))
         return
     sizes = ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in info.sizes.items())
-    Console().print(
+    stdout_console().print(
         f"[green]{info.kind} bundle[/] {info.out}: {info.model} {info.target} {info.precision} "
         f"({info.runtime})\n  sizes: {sizes}"
     )
@@ -66,7 +67,9 @@ def bundle_browser(
     converted: Path = typer.Argument(..., help="An `edgekit convert` output dir."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle dir (created; replaced if it is a bundle)."),
     runtime: BrowserRuntime | None = typer.Option(
-        None, "--runtime", help="tfjs (~3 MB runtime) or onnxruntime-web (~15 MB). Default: tfjs if converted."
+        None,
+        "--runtime",
+        help="tfjs (~3 MB runtime) or onnxruntime-web (~15 MB). Default: tfjs if converted.",
     ),
     mode: str | None = typer.Option(None, "--mode", help="Which converted mode (default: fp16, else none)."),
     sample: Path | None = typer.Option(None, "--sample", help=".npz keyed by input names for the demo."),
@@ -83,7 +86,9 @@ def bundle_browser(
 def bundle_ios(
     converted: Path = typer.Argument(..., help="An `edgekit convert` output dir with a coreml target."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle dir."),
-    mode: str | None = typer.Option(None, "--mode", help="Which converted mode (default: int8-dynamic, else fp16)."),
+    mode: str | None = typer.Option(
+        None, "--mode", help="Which converted mode (default: int8-dynamic, else fp16)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the bundle manifest as JSON."),
 ) -> None:
     """The .mlpackage, model_card.json, a Swift wrapper generated from the card, and a README."""

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters.toolchains.install_lock import held, lock_path
 from edgekit.config import home
 from edgekit.errors import BackendError, EdgekitError, ToolchainMissingError
 
@@ -44,6 +46,7 @@ HERE = Path(__file__).parent
 LOCKS = HERE / "locks"
 WORKERS = HERE / "workers"
 NODE_DIR = HERE / "node"
+HASH_OPTION = re.compile(r" \\\n\s*--hash=sha256:[0-9a-f]{64}")  # as written by toolchains/hashlock.py
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class Toolchain:
         return LOCKS / self.lock
 
     def digest(self) -> str:
-        h = hashlib.sha256(self.lock_path.read_bytes())
+        # The pins make the environment; the --hash lines only vouch for the files, so adding
+        # or refreshing them keeps an installed toolchain valid.
+        h = hashlib.sha256(HASH_OPTION.sub("", self.lock_path.read_text()).encode())
         if self.npm:
             h.update((NODE_DIR / "package-lock.json").read_bytes())
         return h.hexdigest()[:12]
@@ -142,13 +147,23 @@ def install(name: str, force: bool = False) -> Toolchain:
     if tc.installed() and not force:
         return tc
     root = tc.root
+    with held(lock_path(root)):
+        # Another process may have built it while this one waited for the lock.
+        if tc.installed() and not force:
+            return tc
+        _build(tc, root)
+    return tc
+
+
+def _build(tc: Toolchain, root: Path) -> None:
     if root.exists():
         shutil.rmtree(root)
     _ensure(root.parent)
     try:
         _run([sys.executable, "-m", "venv", str(root / "venv")])
         pip = [str(tc.python), "-m", "pip", "--disable-pip-version-check", "-q"]
-        _run([*pip, "install", "--no-deps", "-r", str(tc.lock_path)])
+        # Every file must match a hash in the lock (toolchains/hashlock.py writes them).
+        _run([*pip, "install", "--no-deps", "--require-hashes", "-r", str(tc.lock_path)])
         _run([str(tc.python), "-c", tc.smoke_import], env=worker_env(root))
         if tc.npm:
             node = _ensure(root / "node")
@@ -159,7 +174,6 @@ def install(name: str, force: bool = False) -> Toolchain:
         shutil.rmtree(root, ignore_errors=True)
         raise
     (root / ".complete").write_text(json.dumps({"lock": tc.digest(), "installed_at": time.time()}))
-    return tc
 
 
 def _ensure(p: Path) -> Path:

@@ -70,6 +70,10 @@ def test_targets_list_cli():
     assert rows["android"]["pairs"] == [["tflite", "int8"], ["tflite", "fp16"]]
     res = runner.invoke(app, ["targets", "list"])
     assert res.exit_code == 0 and "x86-store-pc" in res.output
+    # Per-target modes (browser: tfjs fp16, onnx none), one line per profile row when piped.
+    browser = [line for line in res.output.splitlines() if "browser" in line or "onnx none" in line]
+    assert "tfjs fp16" in browser[0] and "onnx none" in browser[1], browser
+    assert "tfjs tfjs" not in res.output
 
 
 @pytest.mark.parametrize("name", PROFILES)
