@@ -156,7 +156,10 @@ _PASSES: dict[str, tuple[str, ...]] = {
         "minmax-to-where",
         "flatten-to-reshape",
         "materialize-passthrough-outputs",
-        "unroll-recurrent",  # onnx2torch has no LSTM/GRU/RNN converter
+        # onnx2torch has no LSTM/GRU/RNN converter; unrolling needs the sequence length, which
+        # often comes through shape arithmetic that only folding makes static
+        "fold-constants",
+        "unroll-recurrent",
         "globalmaxpool-to-reducemax",
         "sum-to-add",  # e.g. in Gelu's body
         "clip-dynamic-bounds",  # onnx2torch: "Dynamic value of min/max is not implemented"

@@ -137,8 +137,9 @@ def print_summary(lazy: _Lazy) -> None:
 
 # Known gaps, each failing today for the named reason (strict: a fix makes the test say so).
 KNOWN_GAPS = {
-    ("crnn", "coreml"): "onnx2torch has no LSTM converter (raw onnx2torch fails the same way)",
-    ("stepper", "coreml"): "onnx2torch has no GRU converter (raw onnx2torch fails the same way)",
+    # unroll-recurrent needs a static sequence; this conversion asks Core ML for a flexible width
+    # (32..640). At a pinned width it validates: test_crnn_coreml_at_a_pinned_width.
+    ("crnn", "coreml"): "an LSTM over a flexible width cannot be unrolled (onnx2torch has no LSTM converter)",
     ("encoder", "coreml"): "Core ML route fails on the encoder (Clip after pinning; see issue note)",
     ("encoder", "tflite-int8"): "onnx2tf's int8 calibrator cannot feed int64 token ids",
 }
@@ -231,3 +232,25 @@ def test_crnn_shapes_per_target(real):
     assert shapes[("coreml", "none")][3] == [32, 640], shapes
     assert shapes[("tflite", "none")][3] == rm.CRNN_WIDTH, shapes
     assert shapes[("onnx", "none")][3] == "W", shapes
+
+
+@pytest.mark.toolchain("coreml")
+@pytest.mark.slow
+def test_crnn_coreml_at_a_pinned_width(real, tmp_path):
+    """The BiLSTM unrolled (unroll-recurrent) at the data's width converts and matches ONNX Runtime."""
+    from converters.pipeline import convert
+
+    m = real.model("crnn")
+    report = convert(
+        str(m.onnx),
+        targets=["coreml"],
+        modes=["none"],
+        out=tmp_path / "out",
+        calibration=m.calib,
+        eval_data=m.eval,
+        input_shapes={"x": [None, 3, 32, None]},  # width from the data
+    )
+    (row,) = report.artifacts
+    assert row.status == "ok", row.error
+    assert "unroll-recurrent" in row.legalized and row.input_shapes["x"][3] == rm.CRNN_WIDTH
+    assert row.cosine >= 0.99999
