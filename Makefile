@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup setup-test system-deps toolchains demo convert-demo test lint bench coverage clean
+.PHONY: setup setup-test system-deps toolchains demo convert-demo test test-arm64 lint bench coverage clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,15 @@ convert-demo: setup toolchains
 test: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The agent on aarch64: a Debian arm64 rootfs (debootstrap, QEMU user mode + binfmt; needs root) with
+# the agent installed from aarch64 wheels, enrolled with a fleet on the host. Slow: ~12 min the first time
+# (rootfs ~7 min), ~2 min once cached under $${EDGEKIT_HOME:-~/.cache/edgekit}/arm64; not in `make test`.
+test-arm64: setup
+	EDGEKIT_ARM64=1 bash scripts/system-deps.sh
+	$(BIN)/edgekit toolchain install tflite
+	bash scripts/arm64/prepare.sh $(BIN)/python
+	$(BIN)/pytest -q -m arm64 tests/arm64
 
 lint: setup
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 from agent import versions
 from agent.fallback import POLICIES
 from edgekit import topics
+from edgekit.brokers import check_urls
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.protocol import Labels
 from edgekit.settings import FileSettings, Section, load_settings
@@ -53,6 +54,9 @@ class MqttSection(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 1883
+    # mqtt(s)://host:port of every node of a clustered broker, tried in turn when the connection
+    # drops (edgekit.brokers); empty: host and port
+    urls: Annotated[list[str], AfterValidator(check_urls)] = Field(default_factory=list)
     # 3.1.1 is spoken by every broker edgekit runs with (the embedded amqtt broker and NATS speak
     # nothing else); "5" adds a session expiry and needs Mosquitto, EMQX, HiveMQ, ...
     protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(str)] = "3.1.1"

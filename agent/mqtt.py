@@ -6,7 +6,12 @@
 - Last Will on the retained `online` topic = offline; on every (re)connect it publishes
   online=true retained and re-subscribes (cheap, and correct even if the broker lost the session).
 - paho's network thread reconnects with backoff on its own; callbacks only enqueue work so a
-  slow download never blocks keepalives.
+  slow download never blocks keepalives. With `[mqtt] urls` (the nodes of a clustered broker)
+  every drop or failed connect moves to the next URL (edgekit.brokers.Failover).
+- A refused SUBSCRIBE (SUBACK 0x80: NATS during a JetStream leader election) is retried with a
+  bounded backoff; the connection stays up, so nothing else would retry it.
+- The client id is the username when there is one: Mosquitto and the embedded broker force that
+  anyway, and NATS (which cannot) then lets no other device's id collide with this session.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,6 +31,7 @@ from paho.mqtt.properties import Properties
 
 from agent import __version__
 from edgekit import topics
+from edgekit.brokers import Failover, endpoints, refused, suback_retry_delay
 from edgekit.protocol import Online, last_will
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 class MqttSettings:
     host: str = "127.0.0.1"
     port: int = 1883
+    urls: list[str] = field(default_factory=list)  # several nodes: tried in turn (edgekit.brokers)
     protocol: str = "5"  # "5" or "3.1.1"
     client_id: str | None = None
     username: str | None = None
@@ -85,7 +92,11 @@ class AgentMqtt:
         self.connected = threading.Event()
         self.last_error: str | None = None  # paho's last socket/TLS error, e.g. an unknown CA
         self.v5 = self.s.protocol.startswith("5")
-        cid = self.s.client_id or f"edgekit-agent-{device}"
+        self.failover = Failover(endpoints(self.s.urls, self.s.host, self.s.port, self.s.tls))
+        self.subscribe_refusals = 0  # SUBACK 0x80 answers seen (NATS JetStream elections)
+        self._sub_attempt = 0
+        self._sub_timer: threading.Timer | None = None
+        cid = self.s.client_id or self.s.username or f"edgekit-agent-{device}"
         if self.v5:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         else:
@@ -95,7 +106,7 @@ class AgentMqtt:
         c = self.client
         if self.s.username:
             c.username_pw_set(self.s.username, self.s.password)
-        if self.s.tls:  # `tls = false` means plain MQTT even when ca/cert are configured
+        if self.s.tls or self.failover.current.tls:  # else plain MQTT even with ca/cert configured
             c.tls_set(
                 ca_certs=self.s.ca,
                 certfile=self.s.cert,
@@ -112,6 +123,8 @@ class AgentMqtt:
         c.on_message = self._on_message
         c.on_log = self._on_log
         c.on_socket_open = self._on_socket_open
+        c.on_subscribe = self._on_subscribe
+        c.on_connect_fail = lambda client, _ud: self.failover.advance(client)
         self._connack_timer: threading.Timer | None = None
 
     def start(self) -> None:
@@ -121,7 +134,8 @@ class AgentMqtt:
             props.SessionExpiryInterval = self.s.session_expiry_s
             kwargs = {"clean_start": False, "properties": props}
         # connect_async + loop_start: a broker that is down at boot is retried, not fatal
-        self.client.connect_async(self.s.host, self.s.port, keepalive=self.s.keepalive, **kwargs)
+        ep = self.failover.current
+        self.client.connect_async(ep.host, ep.port, keepalive=self.s.keepalive, **kwargs)
         self.client.loop_start()
 
     def stop(self, graceful: bool = True) -> None:
@@ -132,6 +146,7 @@ class AgentMqtt:
             except (RuntimeError, ValueError):
                 pass
         self._cancel_connack_timer()
+        self._cancel_sub_timer()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -154,7 +169,7 @@ class AgentMqtt:
         if self.connected.is_set():
             return
         self.last_error = f"no answer to the MQTT {self.s.protocol} CONNECT in {self.s.connack_timeout_s:g} s"
-        log.error("MQTT broker %s:%d: %s%s", self.s.host, self.s.port, self.last_error, self._protocol_hint())
+        log.error("MQTT broker %s: %s%s", self.failover.current, self.last_error, self._protocol_hint())
 
     def _protocol_hint(self) -> str:
         if not self.v5:
@@ -172,27 +187,55 @@ class AgentMqtt:
             self.last_error = f"connect refused: {reason_code}"
             if "protocol version" in str(reason_code).lower():
                 log.error(
-                    "MQTT connect refused by %s:%d: %s%s",
-                    self.s.host,
-                    self.s.port,
+                    "MQTT connect refused by %s: %s%s",
+                    self.failover.current,
                     reason_code,
                     self._protocol_hint(),
                 )
             else:
-                log.warning("MQTT connect refused by %s:%d: %s", self.s.host, self.s.port, reason_code)
+                log.warning("MQTT connect refused by %s: %s", self.failover.current, reason_code)
             return
         log.info(
-            "MQTT connected to %s:%d (session present: %s)",
-            self.s.host,
-            self.s.port,
+            "MQTT connected to %s (session present: %s)",
+            self.failover.current,
             getattr(flags, "session_present", None),
         )
-        client.subscribe([(self.t_desired, 1), (self.t_roots, 1)])
+        self._sub_attempt = 0
+        self._subscribe()
         online = Online(device=self.device, online=True, labels=self.labels, agent_version=__version__)
         client.publish(self.t_online, online.to_json(), qos=1, retain=True)
         self.connected.set()
         if self.on_connection:
             self.on_connection(True)
+
+    def _subscribe(self) -> None:
+        self.client.subscribe([(self.t_desired, 1), (self.t_roots, 1)])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if not refused(reason_codes):
+            self._sub_attempt = 0
+            return
+        self.subscribe_refusals += 1
+        self._sub_attempt += 1
+        delay = suback_retry_delay(self._sub_attempt)
+        if delay is None:
+            self.last_error = f"the broker refused the subscription {self._sub_attempt} times"
+            log.error("MQTT %s: %s; waiting for a reconnect", self.failover.current, self.last_error)
+            return
+        log.warning("MQTT %s refused the subscription; again in %.1f s", self.failover.current, delay)
+        self._cancel_sub_timer()
+        self._sub_timer = threading.Timer(delay, self._resubscribe)
+        self._sub_timer.daemon = True
+        self._sub_timer.start()
+
+    def _resubscribe(self) -> None:
+        if self.connected.is_set():  # else the next on_connect subscribes anyway
+            self._subscribe()
+
+    def _cancel_sub_timer(self) -> None:
+        if self._sub_timer is not None:
+            self._sub_timer.cancel()
+            self._sub_timer = None
 
     def _on_log(self, client, userdata, level: int, buf: str) -> None:
         # A refused client certificate surfaces only here (TLS 1.3 reports it on the first read
@@ -203,7 +246,9 @@ class AgentMqtt:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        log.info("MQTT disconnected (%s); paho reconnects", reason_code)
+        self._cancel_sub_timer()
+        nxt = self.failover.advance(client)
+        log.info("MQTT disconnected (%s); paho reconnects to %s", reason_code, nxt)
         if self.on_connection:
             self.on_connection(False)
 

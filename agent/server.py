@@ -193,7 +193,10 @@ def build_app(
         except OIPError as e:
             return _error(e.status, e.message)
         if model is not None:
-            return JSONResponse(model.metadata(engine.registry.versions(name)))
+            meta = model.metadata(engine.registry.versions(name))
+            if model.extra.get("provenance"):  # the signed conversion report (edgekit.provenance)
+                meta["provenance"] = model.extra["provenance"]
+            return JSONResponse(meta)
         if engine.cloud is not None and engine.policy(name).mode != "local-only":
             meta = await run_in_threadpool(_cloud_metadata, engine, name)
             if meta is not None:

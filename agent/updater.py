@@ -14,6 +14,12 @@ One worker thread applies updates in order, but a download never holds it hostag
 are bounded (agent.download_limits), and a newer verified manifest arriving meanwhile cancels
 the one in flight (its update ends `superseded`), since `desired` holds one manifest and the
 older one could never be accepted again anyway.
+
+An artifact may come as a binary delta against a blob the store holds (agent.delta): the result
+is verified against the artifact's signed sha256 before it is staged, and any failure falls
+back to the full download. The outcome goes out on `status` as `delta: used|fallback:<reason>`.
+The manifest's provenance row for the installed artifact is kept with the pointer entry and
+shown in model metadata and /agent/status.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+from agent import delta as D
 from agent import state as S
 from agent.download import UNREACHABLE, DownloadError, download
 from agent.download_limits import CANCELLED
@@ -37,6 +44,7 @@ from agent.metrics import Metrics
 from agent.models import LoadedModel, ModelRegistry, load_model
 from agent.state import ModelState, StateStore
 from agent.store import Entry, ModelStore
+from edgekit import provenance as P
 from edgekit.formats import runtime_for
 from edgekit.modelcard import ModelCard
 from edgekit.trust import (
@@ -142,6 +150,8 @@ class Updater:
         # Set to stop the current job's download: by a newer manifest (submit) or by stop().
         self._job_cancel: threading.Event | None = None
         self._stopping = False
+        # model -> (sequence, "used" | "fallback:<reason>") of the update that offered a delta
+        self._delta_outcome: dict[str, tuple[int | None, str]] = {}
 
     # worker ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,6 +235,9 @@ class Updater:
         }
         if st.detail:
             msg["detail"] = st.detail
+        outcome = self._delta_outcome.get(st.model)
+        if outcome is not None and outcome[0] == st.sequence:
+            msg["delta"] = outcome[1]
         msg.update(extra)
         return msg
 
@@ -389,14 +402,14 @@ class Updater:
             art = self._pick_artifact(m)
             st = self.states.get(name)
             if st.state == S.DOWNLOADING:
-                self._download(art)
+                self._download(art, m)
                 st = self._go(name, S.VERIFYING)
             if st.state == S.VERIFYING:
                 blob = self.store.blob_path(art.sha256, _file_type(art))
                 if not blob.exists():
                     part = self.store.part_path(art.sha256, _file_type(art))
                     if not part.exists():  # crashed after download returned, before commit? redo
-                        self._download(art)
+                        self._download(art, m)
                     try:
                         verify_artifact(part, art.size, art.sha256)
                     except VerificationError as e:
@@ -422,6 +435,7 @@ class Updater:
                 sequence=m.sequence,
                 card=m.model_card,
                 smoke=None,
+                extra=self._entry_extra(m, art),
             )
             self.store.activate(name, entry)  # the atomic pointer swap: durable from here on
             self.registry.put(model)  # hot swap: in-flight requests finish on the old object
@@ -445,18 +459,77 @@ class Updater:
             if st.state in S.IN_PROGRESS and st.manifest:
                 for a in st.manifest["signed"]["artifacts"].values():
                     out.add(a["sha256"])
+                    out.update(d["sha256"] for d in a.get("delta") or ())  # resumable deltas
         return out
 
-    def _download(self, art) -> None:
+    def _entry_extra(self, m: Manifest, art) -> dict[str, Any]:
+        """What the pointer keeps beside the version: the artifact's provenance, the delta outcome."""
+        extra: dict[str, Any] = {"artifact": art.format}
+        prov = P.for_artifact(m.provenance, art.format)
+        if prov is not None:
+            extra["provenance"] = prov
+        outcome = self._delta_outcome.get(m.model)
+        if outcome is not None and outcome[0] == m.sequence:
+            extra["delta"] = outcome[1]
+        return extra
+
+    def _held_blobs(self, name: str) -> dict[str, Path]:
+        """Blobs this model's pointer names that are in the store: the bases a delta may use."""
+        held = {}
+        for e in self.store.pointer(name):
+            if e is not None and self.store.has_blob(e.sha256, e.format):
+                held[e.sha256] = self.store.blob_path(e.sha256, e.format)
+        return held
+
+    def _via_delta(self, art, m: Manifest) -> bool:
+        """Stage `art` from a delta if the manifest offers one this device can use. False: fetch
+        the full artifact (the outcome says why when a delta was offered)."""
+        if self.store.part_path(art.sha256, _file_type(art)).exists():
+            return False  # a full download was started (an earlier fallback): resume that
+        choice = D.pick(art, self._held_blobs(m.model))
+        if choice is None:
+            return False
+        if isinstance(choice, str):
+            self._delta_outcome[m.model] = (m.sequence, D.fallback(choice))
+            return False
+        try:
+            D.install(
+                art,
+                choice,
+                self._held_blobs(m.model)[choice.from_sha256],
+                self.store.part_path(choice.sha256, "delta"),
+                self.store.part_path(art.sha256, _file_type(art)),
+                lambda url, part, size, sha: self._fetch(url, part, size, sha),
+            )
+        except D.DeltaFailed as e:
+            log.warning("%s: delta not usable (%s); downloading the full artifact", m.model, e)
+            self._delta_outcome[m.model] = (m.sequence, D.fallback(e.reason))
+            return False
+        except UpdateFailed as e:
+            if e.reason == SUPERSEDED:
+                raise
+            log.warning("%s: delta download failed (%s); downloading the full artifact", m.model, e)
+            self._delta_outcome[m.model] = (m.sequence, D.fallback(e.reason))
+            return False
+        self._delta_outcome[m.model] = (m.sequence, D.USED)
+        return True
+
+    def _download(self, art, m: Manifest) -> None:
         if self.store.has_blob(art.sha256, _file_type(art), art.size):
             return  # content-addressed: verified bytes are never fetched again
-        url = urljoin(self.base_url, art.url) if self.base_url else art.url
+        if self._via_delta(art, m):
+            return
+        self._fetch(art.url, self.store.part_path(art.sha256, _file_type(art)), art.size, art.sha256)
+
+    def _fetch(self, url: str, part: Path, size: int, sha256: str) -> None:
+        """One resumable, bounded download; failures become UpdateFailed (or _Interrupted)."""
+        url = urljoin(self.base_url, url) if self.base_url else url
         try:
             download(
                 url,
-                self.store.part_path(art.sha256, _file_type(art)),
-                size=art.size,
-                sha256=art.sha256,
+                part,
+                size=size,
+                sha256=sha256,
                 cancel=self._job_cancel,
                 **self.download_opts,
             )
@@ -472,7 +545,7 @@ class Updater:
         except (TypeError, ValueError, KeyError):
             card = None
         try:
-            return load_model(
+            model = load_model(
                 m.model,
                 self.store.blob_path(art.sha256, _file_type(art)),
                 m.version,
@@ -482,6 +555,10 @@ class Updater:
             )
         except Exception as e:
             raise UpdateFailed("load", f"{type(e).__name__}: {e}") from e
+        prov = P.for_artifact(m.provenance, art.format)
+        if prov is not None:
+            model.extra["provenance"] = prov  # model metadata shows it (agent.server)
+        return model
 
     def _smoke(self, m: Manifest, art, model: LoadedModel) -> None:
         if not m.smoke_test:
@@ -540,6 +617,8 @@ class Updater:
             sha256=entry.sha256,
             threads=self.threads,
         )
+        if entry.extra.get("provenance"):
+            model.extra["provenance"] = entry.extra["provenance"]
         self.metrics.set_model(name, entry.version, entry.sha256)
         return model
 
@@ -565,10 +644,19 @@ class Updater:
         return loaded
 
     def snapshot(self) -> dict[str, Any]:
+        models = {}
+        for st in self.states.all():
+            active = self.store.active(st.model)
+            models[st.model] = asdict(st) | {
+                "manifest": None,
+                # of the version the pointer names (what serves), not of the update in progress
+                "provenance": active.extra.get("provenance") if active else None,
+                "delta": active.extra.get("delta") if active else None,
+            }
         return {
             "last_sequence": self.verifier.last_sequence,
             "root_version": self.verifier.root.version,
-            "models": {st.model: asdict(st) | {"manifest": None} for st in self.states.all()},
+            "models": models,
         }
 
 

@@ -229,11 +229,29 @@ def convert(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _load_data(req: ConvertRequest, source, card: ModelCard) -> tuple[Dataset | None, Dataset | None]:
+def _data_files(req: ConvertRequest, source) -> tuple[Path | None, Path | None]:
+    """The calibration and evaluation files used (a bundled sample brings its own)."""
     calibration, eval_data = req.calibration, req.eval_data
     if source.sample:
         calibration = calibration or source.sample_file("calib")
         eval_data = eval_data or source.sample_file("eval")
+    return (Path(calibration) if calibration else None, Path(eval_data) if eval_data else None)
+
+
+def _file_sha256(path: Path | None) -> str | None:
+    return sha256_file(path) if path is not None and path.is_file() else None
+
+
+def _toolchain_locks(plan: dict[str, list[str]]) -> dict[str, str]:
+    """Lock digest of each isolated toolchain a planned target runs in (provenance)."""
+    from converters.toolchains.manager import resolve
+
+    names = {formats.TARGETS[t].toolchain for t in plan if t in formats.TARGETS}
+    return {n: resolve(n).digest() for n in sorted(x for x in names if x)}
+
+
+def _load_data(req: ConvertRequest, source, card: ModelCard) -> tuple[Dataset | None, Dataset | None]:
+    calibration, eval_data = _data_files(req, source)
     calib = load_npz(calibration, card, "calibration") if calibration else None
     needs_calib = [
         t
@@ -370,6 +388,7 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
     for target in req.plan:
         if (out / target).is_dir():
             card.save(out / target / "model_card.json")
+    calib_file, eval_file = _data_files(req, source)
     report = Report(
         model=card.name,
         source=card.source,
@@ -382,6 +401,9 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         optimize=opt_info,
         export_seconds=export_seconds,
+        calibration_sha256=_file_sha256(calib_file),
+        eval_sha256=_file_sha256(eval_file),
+        toolchains=_toolchain_locks(req.plan),
     )
     report.save(out / "report.json")
     return report

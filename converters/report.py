@@ -70,6 +70,11 @@ class Report:
     created_at: str = ""
     optimize: dict[str, Any] = field(default_factory=dict)
     export_seconds: dict[str, float] = field(default_factory=dict)  # per target, subprocesses included
+    # Provenance (edgekit.provenance): what the artifacts were calibrated and judged on, and the
+    # lock digest of each isolated toolchain that built one (converters.toolchains).
+    calibration_sha256: str | None = None
+    eval_sha256: str | None = None
+    toolchains: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -146,5 +151,7 @@ def print_table(report: Report, console) -> None:
         elif a.runtime_note:
             console.print(f"[dim]{a.target} {a.precision}: {escape(a.runtime_note)}[/]", highlight=False)
         if a.legalized:
-            console.print(f"[dim]{a.target} {a.precision}: legalized: {', '.join(a.legalized)}[/]", highlight=False)
+            console.print(
+                f"[dim]{a.target} {a.precision}: legalized: {', '.join(a.legalized)}[/]", highlight=False
+            )
     console.print(f"report: {Path(report.out_dir) / 'report.json'}")

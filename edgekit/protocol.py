@@ -8,6 +8,9 @@ status (device -> server, QoS 1, JSON object):
   reason, "smoke_test", "download", ...). `model`/`version`/`sequence` are those of the
   manifest the state refers to (on idle: what is installed, or null). A heartbeat re-sends
   the current state. Extra keys are allowed (e.g. "detail", "metrics") and ignored by the server.
+  `delta` (optional, omitted when absent) says how the update's bytes arrived when the manifest
+  offered a binary delta: "used", or "fallback:<reason>" (missing_base, bad_delta,
+  sha256_mismatch, size_mismatch, a download reason, ...) when the full artifact was fetched instead.
 
 online (device -> server, retained, QoS 1):
     {"device": "dev-1", "online": true, "labels": {...}, "agent_version": "0.1.0", "ts": "..."}
@@ -109,9 +112,13 @@ class Status:
     reason: Text | None = None
     labels: Labels = field(default_factory=dict)
     ts: Timestamp = field(default_factory=_now)
+    delta: Name | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        doc = asdict(self)
+        if doc["delta"] is None:  # optional, added later: absent rather than null
+            del doc["delta"]
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Status:

@@ -30,6 +30,10 @@ devices_app = typer.Typer(
 fleet_app.add_typer(keys_app, name="keys")
 fleet_app.add_typer(rollout_app, name="rollout")
 fleet_app.add_typer(devices_app, name="devices")
+db_app = typer.Typer(help="The fleet database ([server] db): schema migrations.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Admin API tokens, stored hashed in the database.", no_args_is_help=True)
+fleet_app.add_typer(db_app, name="db")
+fleet_app.add_typer(tokens_app, name="tokens")
 
 
 def register(app: typer.Typer) -> None:
@@ -220,7 +224,7 @@ def publish(
 
     cfg = _cfg(config)
     _check_card(src)
-    db, _store, registry = open_state(fc.state_dir(cfg))
+    db, _store, registry = open_state(fc.state_dir(cfg), cfg["artifacts"], cfg["server"]["db"])
     try:
         stored = registry.publish(src, model, version, force)
         smoke = registry.version(model, version)["smoke_test"] is not None
@@ -240,13 +244,20 @@ def publish(
         typer.echo(f"  {r['key']:<14} {r['size']:>10} B  {r['sha256'][:16]}  {r['file']}")
 
 
-@fleet_app.command("models")
-def models(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
+models_app = typer.Typer(help="Published model versions: list them (no subcommand), show one.")
+fleet_app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(ctx: typer.Context, config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     """Published model versions."""
+    if ctx.invoked_subcommand is not None:
+        return
     from fleet import config as fc
     from fleet.server import open_state
 
-    db, _s, registry = open_state(fc.state_dir(_cfg(config)))
+    cfg = _cfg(config)
+    db, _s, registry = open_state(fc.state_dir(cfg), cfg["artifacts"], cfg["server"]["db"])
     try:
         rows = registry.list()
     finally:
@@ -256,6 +267,40 @@ def models(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> None:
     else:
         for r in rows:
             typer.echo(f"{r['model']} {r['version']}")
+
+
+@models_app.command("show")
+def models_show(
+    model: str = typer.Argument(..., help="Model name."),
+    version: str = typer.Argument(..., help="Model version."),
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """One published version: its artifacts and its provenance (the signed conversion report)."""
+    from edgekit.provenance import lines
+    from fleet import config as fc
+    from fleet.server import open_state
+
+    cfg = _cfg(config)
+    db, _s, registry = open_state(fc.state_dir(cfg), cfg["artifacts"], cfg["server"]["db"])
+    try:
+        v = registry.version(model, version)
+    finally:
+        db.close()
+    arts = [
+        {"key": a.key, "sha256": a.sha256, "size": a.size, "file": a.file, "precision": a.precision}
+        for a in v["artifacts"]
+    ]
+    if as_json:
+        _print_json({"model": model, "version": version, "artifacts": arts, "provenance": v["provenance"]})
+        return
+    typer.echo(
+        f"{model} {version}: {len(arts)} artifact(s), smoke test: {'yes' if v['smoke_test'] else 'no'}"
+    )
+    for a in arts:
+        typer.echo(f"  {a['key']:<14} {a['size']:>10} B  {a['sha256'][:16]}  {a['file']}")
+    for line in lines(v["provenance"]):
+        typer.echo(line)
 
 
 @devices_app.callback(invoke_without_command=True)
@@ -353,6 +398,38 @@ def mosquitto_config(
     else:
         typer.echo(f"wrote {', '.join(info['files'])} to {info['dir']} ({info['devices']} device(s))")
         typer.echo(f"  add to mosquitto.conf: include_dir {info['dir']}  (or copy edgekit.conf's lines)")
+
+
+@fleet_app.command("nats-config")
+def nats_config(
+    out: Path = typer.Option(..., "--out", help="Directory for node-*.conf and accounts.conf."),
+    nodes: int = typer.Option(3, "--nodes", min=1, help="Cluster size (3 survives losing one node)."),
+    hosts: str = typer.Option(
+        "", "--hosts", help="host1,host2,... one per node; empty: all on 127.0.0.1, ports shifted"
+    ),
+    store_dir: Path = typer.Option(
+        Path("/var/lib/nats"), "--store-dir", help="JetStream directory root (one subdir per node)."
+    ),
+    listen: str = typer.Option("", "--listen", help="Address the nodes bind, e.g. 0.0.0.0 (default: host)."),
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """nats-server configs for a clustered broker: one per node (MQTT, JetStream, routes) and the
+    accounts.conf they include (the fleet's users, permissions = the Mosquitto ACL). Set
+    [broker] nats_dir to --out and enrolments rewrite accounts.conf; reload the nodes (SIGHUP)."""
+    from fleet.nats import cluster_nodes, write_fleet_config
+
+    host_list = [h.strip() for h in hosts.split(",") if h.strip()]
+    info = write_fleet_config(
+        _cfg(config), out, cluster_nodes(nodes, host_list), store_dir, listen_host=listen or None
+    )
+    if as_json:
+        _print_json(info)
+        return
+    typer.echo(f"wrote {', '.join(info['files'])} to {info['dir']} ({info['devices']} device(s))")
+    typer.echo("  start each node: nats-server -c node-<name>.conf; after an enrolment: kill -HUP <pid>")
+    if info["skipped"]:
+        typer.echo(f"  left out (enrolled without a bcrypt hash, enrol again): {', '.join(info['skipped'])}")
 
 
 # ---- rollouts --------------------------------------------------------------------------------------
@@ -473,3 +550,36 @@ def rollout_list(config: Path | None = ConfigOpt, as_json: bool = JsonOpt) -> No
             f"{st['id']}  {st['model']} {st['version']}  {st['state']:<9}  active {t['active']}/"
             f"{t['devices']}  failed {t['failed'] + t['timed_out']}  {st['reason'] or ''}"
         )
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Path | None = ConfigOpt) -> None:
+    """Apply pending schema migrations (`fleet serve` also does, at start)."""
+    from fleet import config as fc
+    from fleet import migrations
+    from fleet.db import open_database
+
+    cfg = _cfg(config)
+    db = open_database(cfg["server"]["db"], fc.state_dir(cfg))  # opening migrates
+    try:
+        typer.echo(f"database at revision {migrations.current(db.url)}")
+    finally:
+        db.close()
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: str = typer.Argument(..., help="What the token is for; creating a name again replaces its token."),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Print a new admin token (shown once; only its sha256 is stored). Every replica accepts it."""
+    from fleet import admin_tokens
+    from fleet import config as fc
+    from fleet.db import open_database
+
+    cfg = _cfg(config)
+    db = open_database(cfg["server"]["db"], fc.state_dir(cfg))
+    try:
+        typer.echo(admin_tokens.issue(db, name))
+    finally:
+        db.close()

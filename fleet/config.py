@@ -23,18 +23,31 @@ with mTLS:
     host = "0.0.0.0"
     port = 8080
     public_url = "https://cdn.example.com/edgekit"  # base of artifact URLs in manifests
+
+A NATS cluster (fleet.nats; docs/fleet.md "Scaling out") and artifacts in S3
+(fleet.artifact_store):
+
+    [broker]
+    kind = "nats"                  # "embedded" (default) | "mosquitto" | "nats"
+    urls = ["mqtt://nats-1:1883", "mqtt://nats-2:1883", "mqtt://nats-3:1883"]
+    nats_dir = "/etc/nats/edgekit" # where `edgekit fleet nats-config` wrote accounts.conf
+    [artifacts]
+    backend = "s3"
+    bucket = "edgekit-artifacts"
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from edgekit import topics
+from edgekit.brokers import check_urls
 from edgekit.config import home
 from edgekit.settings import FileSettings, Section, load_settings
+from fleet.artifact_store import ArtifactsSection
 
 SERVER_USER = "fleet-server"  # the server's MQTT username unless [broker] username says otherwise
 
@@ -49,12 +62,22 @@ class ServerSection(Section):
     tick_seconds: float = Field(
         0.5, gt=0
     )  # rollout engine: timeouts and wave advances are checked this often
+    # "": SQLite at <state_dir>/fleet.db; or a path, sqlite:///path, postgresql://user:pw@host/db
+    db: str = ""
+    # replicas on one PostgreSQL: the leader (tick, outbox, device reports) is replaced this fast
+    lease_seconds: float = Field(10.0, gt=0)
+    replica_id: str = ""  # unique per replica; empty: <host>:<admin port>:<state_dir>
 
 
 class BrokerSection(Section):
+    # "": from `embedded` (true: "embedded", false: "mosquitto"), the key older files use
+    kind: Literal["", "embedded", "mosquitto", "nats"] = ""
     embedded: bool = True
     host: str = "127.0.0.1"
     port: Port = 1883
+    # mqtt(s)://host:port of every node of a clustered broker, tried in turn (edgekit.brokers)
+    urls: Annotated[list[str], AfterValidator(check_urls)] = Field(default_factory=list)
+    nats_dir: str = ""  # kind = "nats": enrolment and revocation rewrite <nats_dir>/accounts.conf
     username: str = ""  # the server's own MQTT user; empty: SERVER_USER
     password: str = ""  # empty with the embedded broker: a random one per start, never written
     client_id: str = ""  # empty: edgekit-fleet-<fleet>
@@ -65,6 +88,15 @@ class BrokerSection(Section):
     allow_anonymous: bool = False  # embedded broker only: true turns auth, ACLs and id binding off
     public_url: str = ""  # broker URL in enrolment bundles; empty: mqtt(s)://host:port
     persistent_session: bool = True  # broker queues device reports while the server is down
+
+    @model_validator(mode="after")
+    def _kind(self) -> BrokerSection:
+        if not self.kind:
+            self.kind = "embedded" if self.embedded else "mosquitto"
+        elif "embedded" in self.model_fields_set and self.embedded != (self.kind == "embedded"):
+            raise ValueError(f'embedded = {str(self.embedded).lower()} contradicts kind = "{self.kind}"')
+        self.embedded = self.kind == "embedded"
+        return self
 
 
 class HttpSection(Section):
@@ -83,6 +115,7 @@ class FleetSettings(FileSettings):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     http: HttpSection = Field(default_factory=HttpSection)
     admin: AdminSection = Field(default_factory=AdminSection)
+    artifacts: ArtifactsSection = Field(default_factory=ArtifactsSection)
     # No longer read (plain-text passwords): accepted so the server can say so (fleet.broker).
     broker_users: dict[str, Any] | None = None
 

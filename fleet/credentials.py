@@ -9,6 +9,10 @@ The hash is Mosquitto's own format (`$7$<iterations>$<salt b64>$<PBKDF2-HMAC-SHA
 the same rows render as a Mosquitto password file (fleet.mosquitto). The iteration count is
 Mosquitto's default: the passwords are 256-bit random tokens, so the hash only has to be one-way,
 not slow; a slow hash would only slow down every device's CONNECT.
+
+`nats_hash` is the same password as bcrypt, the only format nats-server reads (fleet.nats renders
+accounts.conf from it). It is filled when bcrypt is installed (edgekit[scale]); a device enrolled
+without it gets one at its next enrolment.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ CREATE TABLE IF NOT EXISTS device_credentials (
     hash TEXT NOT NULL,            -- $7$ PBKDF2-SHA512 (Mosquitto's password-file format)
     issued REAL NOT NULL);
 """
+NATS_COLUMN = "nats_hash"  # bcrypt of the same password (fleet.nats), NULL without bcrypt
 
 
 def new_password() -> str:
@@ -78,6 +83,7 @@ class Credential:
     device: str
     hash: str
     issued: float
+    nats_hash: str | None = None
 
 
 class CredentialStore:
@@ -91,6 +97,9 @@ class CredentialStore:
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(SCHEMA)
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(device_credentials)")}
+        if NATS_COLUMN not in columns:  # a store from before NATS support
+            self._conn.execute(f"ALTER TABLE device_credentials ADD COLUMN {NATS_COLUMN} TEXT")
 
     def issue(self, device: str) -> str:
         """A new random password for `device` (enrol, or re-enrol: the old one stops working)."""
@@ -102,9 +111,10 @@ class CredentialStore:
         topics.check_name("device id", device)
         with self._lock:
             self._conn.execute(
-                "INSERT INTO device_credentials (device, hash, issued) VALUES (?, ?, ?) "
-                "ON CONFLICT (device) DO UPDATE SET hash = excluded.hash, issued = excluded.issued",
-                (device, hash_password(password), time.time()),
+                "INSERT INTO device_credentials (device, hash, issued, nats_hash) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (device) DO UPDATE SET hash = excluded.hash, issued = excluded.issued, "
+                "nats_hash = excluded.nats_hash",
+                (device, hash_password(password), time.time(), _nats_hash(password)),
             )
 
     def has(self, device: str) -> bool:
@@ -131,13 +141,22 @@ class CredentialStore:
     def list(self) -> list[Credential]:
         with self._lock:
             rows = self._conn.execute(
-                "SELECT device, hash, issued FROM device_credentials ORDER BY device"
+                "SELECT device, hash, issued, nats_hash FROM device_credentials ORDER BY device"
             ).fetchall()
         return [Credential(*r) for r in rows]
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _nats_hash(password: str) -> str | None:
+    from fleet import nats
+
+    try:
+        return nats.hash_password(password)
+    except FleetError:  # no bcrypt: fine for Mosquitto and the embedded broker
+        return None
 
 
 def open_store(state_dir: Path) -> CredentialStore:

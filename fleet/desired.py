@@ -15,14 +15,14 @@ import time
 
 from edgekit import topics
 from fleet import repository as repo
-from fleet.db import Database
+from fleet.db import BaseDatabase
 from fleet.repository import Conn
 
 log = logging.getLogger(__name__)
 
 
 class DesiredStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: BaseDatabase):
         self.db = db
 
     def put(self, device: str, payload: bytes, sequence: int | None = None) -> None:

@@ -7,16 +7,16 @@ Offline comes from the Last Will on `online` (or an explicit online=false).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 
 from edgekit import topics
 from edgekit.protocol import Online, Status
-from fleet.db import Database
+from fleet.db import BaseDatabase
+from fleet.dialect import Conn, Row
 
 
-def _upsert(c: sqlite3.Connection, device: str) -> None:
+def _upsert(c: Conn, device: str) -> None:
     # The one place a device row is created: an id the topic layer refuses is never stored
     # (it could never be sent a manifest, and would stop every later start at resync).
     topics.check_name("device id", device)
@@ -28,7 +28,7 @@ def _labels(labels: dict[str, str] | None) -> str | None:
     return json.dumps(labels, sort_keys=True) if labels else None
 
 
-def record_online(c: sqlite3.Connection, msg: Online, now: float) -> None:
+def record_online(c: Conn, msg: Online, now: float) -> None:
     _upsert(c, msg.device)
     c.execute(
         "UPDATE devices SET labels=COALESCE(?, labels), online=?, last_seen=?,"
@@ -37,10 +37,10 @@ def record_online(c: sqlite3.Connection, msg: Online, now: float) -> None:
     )
 
 
-def record_status(c: sqlite3.Connection, msg: Status, now: float) -> None:
+def record_status(c: Conn, msg: Status, now: float) -> None:
     # One statement per report: thousands of reports per second go through here.
     _upsert(c, msg.device)
-    active = int(msg.state == "active" and bool(msg.model))
+    active = msg.state == "active" and bool(msg.model)
     c.execute(
         "UPDATE devices SET labels=COALESCE(?, labels), online=1, last_seen=?, state=?, model=?, version=?,"
         " sequence=?, rollout=?, reason=?,"
@@ -79,7 +79,7 @@ def parse_selector(text: str | None) -> dict[str, str]:
     return out
 
 
-def row_to_dict(r: sqlite3.Row, now: float | None = None) -> dict[str, Any]:
+def row_to_dict(r: Row, now: float | None = None) -> dict[str, Any]:
     return {
         "id": r["id"],
         "labels": json.loads(r["labels"] or "{}"),
@@ -98,7 +98,7 @@ def row_to_dict(r: sqlite3.Row, now: float | None = None) -> dict[str, Any]:
 
 
 class DeviceRegistry:
-    def __init__(self, db: Database):
+    def __init__(self, db: BaseDatabase):
         self.db = db
 
     def list(self, selector: dict[str, str] | None = None) -> list[dict[str, Any]]:

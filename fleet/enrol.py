@@ -4,6 +4,8 @@ runs with (edgekit.enrolment: root.json, password, broker URL, CA when TLS).
 Works on the state directory like `keys` and `publish`, with or without a running server: the
 embedded broker checks every CONNECT against the credential store, so a new device can connect
 at once. With an external Mosquitto, `edgekit fleet mosquitto-config` renders the password file.
+With NATS (`[broker] kind = "nats"`) ids must also be NATS-safe (no '.'), and when `[broker]
+nats_dir` is set, enrolment and revocation rewrite its accounts.conf: reload the nodes (SIGHUP).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ UNSPECIFIED_HOSTS = ("", "0.0.0.0", "::")
 
 
 def broker_url(cfg: dict[str, Any]) -> str:
-    """The broker URL devices are told: `[broker] public_url`, else mqtt(s)://host:port."""
+    """The broker URL devices are told: `[broker] public_url`, else the first of `urls`, else
+    mqtt(s)://host:port."""
     b = cfg["broker"]
-    url = str(b.get("public_url") or "")
+    # A cluster's first node: the bundle holds one URL; list every node in the agent's [mqtt] urls.
+    url = str(b.get("public_url") or (b.get("urls") or [""])[0])
     if not url:
         host = str(b["host"])
         if host in UNSPECIFIED_HOSTS:
@@ -66,6 +70,10 @@ def enrol_device(cfg: dict[str, Any], device: str, out: Path, url: str | None = 
         topics.check_name("device id", device)
     except ValueError as e:
         raise FleetError(str(e)) from None
+    if cfg["broker"].get("kind") == "nats":
+        from fleet.nats import check_name
+
+        check_name("device id", device)
     if device == fleet_config.server_user(cfg):
         raise FleetError(f"{device!r} is the fleet server's own MQTT user, not a device id")
     state = fleet_config.state_dir(cfg)
@@ -90,7 +98,8 @@ def enrol_device(cfg: dict[str, Any], device: str, out: Path, url: str | None = 
             url=url or broker_url(cfg),
             username=device,
             ca="ca.pem" if ca else None,
-            protocol="3.1.1" if b["embedded"] else None,  # amqtt speaks MQTT 3.1.1 only
+            # amqtt and nats-server 2.9 speak MQTT 3.1.1 only
+            protocol="3.1.1" if b["embedded"] or b.get("kind") == "nats" else None,
         ),
     )
     password = new_password()
@@ -107,6 +116,7 @@ def enrol_device(cfg: dict[str, Any], device: str, out: Path, url: str | None = 
         raise FleetError(f"cannot write the enrolment bundle to {out}: {e.strerror}") from None
     finally:
         store.close()
+    _rewrite_nats_accounts(cfg)
     return Enrolled(bundle, root.version, again)
 
 
@@ -115,6 +125,20 @@ def revoke_device(cfg: dict[str, Any], device: str) -> bool:
     it disconnects)."""
     store = open_store(fleet_config.state_dir(cfg))
     try:
-        return store.revoke(device)
+        gone = store.revoke(device)
     finally:
         store.close()
+    _rewrite_nats_accounts(cfg)
+    return gone
+
+
+def _rewrite_nats_accounts(cfg: dict[str, Any]) -> None:
+    from fleet.nats import rewrite_accounts
+
+    try:
+        rewrite_accounts(cfg)
+    except OSError as e:
+        raise FleetError(
+            f"the credentials changed but {cfg['broker']['nats_dir']}/accounts.conf could not be written: {e}",
+            hint="fix it, then run `edgekit fleet nats-config` and reload the NATS nodes",
+        ) from None

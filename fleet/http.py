@@ -3,8 +3,9 @@
 Artifacts: GET /artifacts/{sha256} -> Starlette FileResponse, which under uvicorn answers
 Range / If-Range / ETag, so an interrupted download resumes. Also GET /roots.json (the chain).
 
-Admin API (what `edgekit fleet ...` calls): bearer token from <state_dir>/admin.token (0600),
-bound to 127.0.0.1 by default. JSON in, JSON out; errors are {"error", "hint", "reason"} with 4xx,
+Admin API (what `edgekit fleet ...` calls): a bearer token whose sha256 is in the database
+(`fleet serve` writes one to <state_dir>/admin.token, 0600; `edgekit fleet tokens create` makes
+more), bound to 127.0.0.1 by default. JSON in, JSON out; errors are {"error", "hint", "reason"} with 4xx,
 and an unexpected error is a JSON 500 too (never a plain-text page, never a traceback).
 """
 
@@ -19,12 +20,14 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from edgekit import boundedjson
 from edgekit.errors import EdgekitError
 from edgekit.protocol import describe
+from fleet import admin_tokens
+from fleet import metrics as fleet_metrics
 from fleet.admin_schema import MAX_BODY_BYTES, MAX_BODY_DEPTH, RolloutRequest
 from fleet.errors import NotFoundError
 
@@ -37,8 +40,13 @@ log = logging.getLogger(__name__)
 def artifact_app(server: FleetServer) -> Starlette:
     async def artifact(request: Request) -> Response:
         sha = request.path_params["sha256"]
-        if not server.store.has(sha):
+        if not await run_in_threadpool(server.store.has, sha):
             return JSONResponse({"error": "no such artifact"}, status_code=404)
+        # S3: a fresh presigned URL (the manifest's URL outlives any); the agent follows it with
+        # its Range header. 307 keeps the method; never cached, since the URL expires.
+        url = await run_in_threadpool(server.store.url_for, sha)
+        if url:
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
         # Content-addressed: the bytes behind a URL never change, so caches may keep them forever.
         return FileResponse(
             server.store.path(sha),
@@ -55,7 +63,9 @@ def artifact_app(server: FleetServer) -> Starlette:
 def admin_app(server: FleetServer) -> Starlette:
     def guard(fn: Any) -> Any:
         async def wrapped(request: Request) -> Response:
-            if request.headers.get("authorization") != f"Bearer {server.admin_token}":
+            # Token digests live in the database (fleet.admin_tokens): any replica accepts them.
+            auth = request.headers.get("authorization")
+            if not await run_in_threadpool(admin_tokens.authorized, server.db, auth):
                 return JSONResponse({"error": "missing or wrong admin token"}, status_code=401)
             try:
                 body = await _body(request) if request.method == "POST" else {}
@@ -84,16 +94,25 @@ def admin_app(server: FleetServer) -> Starlette:
             raise boundedjson.JsonLimitError("not_object", "expected a JSON object")
         return doc
 
+    registry = fleet_metrics.registry_for(server)
+
+    def metrics(request: Request) -> Response:  # DB reads: Starlette runs a plain def in a thread
+        body, content_type = fleet_metrics.render(registry, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     def health(_r: Request, _b: dict) -> dict:
         return {
             "ok": True,
             "fleet": server.fleet,
+            "replica": server.replica_id,
+            "leader": server.leads(),
             "mqtt": server.broker_address(),
             "messages_in": server.messages_in,
             "manifests_sent": server.publisher.sent,
             "resyncs": server.resyncs,
             "desired_republished": server.publisher.republished,
             "outbox_pending": server.outbox.pending() if server.outbox else 0,
+            "outbox_published": server.outbox.published if server.outbox else 0,
             "ingest": server.outcomes.snapshot(),
         }
 
@@ -145,6 +164,7 @@ def admin_app(server: FleetServer) -> Starlette:
         routes=[
             Route("/api/keys/reload", guard(reload_keys), methods=["POST"]),
             Route("/api/health", guard(health)),
+            Route("/metrics", metrics),  # open, as scrapers expect: counts only, no ids
             Route("/api/devices", guard(devices)),
             Route("/api/models", guard(models)),
             Route("/api/rollouts", guard(rollouts), methods=["GET"]),

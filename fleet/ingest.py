@@ -12,7 +12,6 @@ one message can cost the other devices' reports in the same batch.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 from edgekit import protocol, topics
 from edgekit.protocol import DEVICE_MISMATCH, INVALID_DEVICE_ID, Online, ProtocolError, Status
 from fleet.devices import record_online, record_status
+from fleet.dialect import Conn
 from fleet.offers import NOT_OFFERED, check_active
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def decode(device: str, kind: str, payload: bytes) -> Status | Online:
     return msg
 
 
-def apply(c: sqlite3.Connection, engine: RolloutEngine, msg: Status | Online, now: float) -> None:
+def apply(c: Conn, engine: RolloutEngine, msg: Status | Online, now: float) -> None:
     """Record one decoded message (inside the caller's transaction); ProtocolError if refused."""
     if isinstance(msg, Online):
         record_online(c, msg, now)

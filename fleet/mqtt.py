@@ -1,4 +1,9 @@
-"""The fleet server's MQTT connection (paho-mqtt 2.x, MQTT 3.1.1 so the embedded broker works too)."""
+"""The fleet server's MQTT connection (paho-mqtt 2.x, MQTT 3.1.1 so the embedded broker works too).
+
+With `[broker] urls` (the nodes of a clustered broker) the first connect tries each in turn and
+every later drop moves to the next one (edgekit.brokers.Failover). A refused SUBSCRIBE (SUBACK
+0x80: NATS while JetStream elects a leader) is retried with a bounded backoff.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from edgekit.brokers import Failover, endpoints, refused, suback_retry_delay
 from fleet.errors import FleetError
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,10 @@ class MqttLink:
         self._on_message = on_message
         self._on_reconnect = on_reconnect
         self.connects = 0
+        self.failover = Failover(endpoints(broker.get("urls") or [], broker["host"], broker["port"]))
+        self.subscribe_refusals = 0
+        self._sub_attempt = 0
+        self._sub_timer: threading.Timer | None = None
         self._connected = threading.Event()
         self._settled = threading.Event()  # the first connect succeeded or was refused
         self._failed: str | None = None
@@ -46,7 +56,7 @@ class MqttLink:
         )
         if broker.get("username"):
             c.username_pw_set(broker["username"], broker.get("password") or None)
-        if broker.get("tls"):
+        if broker.get("tls") or self.failover.current.tls:
             c.tls_set(
                 ca_certs=broker.get("ca") or None,
                 certfile=broker.get("cert") or None,
@@ -62,6 +72,8 @@ class MqttLink:
         c.on_disconnect = self._disconnected_cb
         c.on_message = self._message_cb
         c.on_log = self._log_cb
+        c.on_subscribe = self._subscribed_cb
+        c.on_connect_fail = lambda client, _ud: self.failover.advance(client)
         self.client = c
 
     def _connected_cb(self, client: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
@@ -71,20 +83,50 @@ class MqttLink:
             self._settled.set()
             return
         # (Re)subscribe on every connect: cheap, and right even when the session was lost.
-        for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
+        self._sub_attempt = 0
+        self._subscribe()
         self.connects += 1
         self._connected.set()
         self._settled.set()
-        log.info("connected to broker %s:%s", self.cfg["host"], self.cfg["port"])
+        log.info("connected to broker %s", self.failover.current)
         if self.connects > 1 and self._on_reconnect is not None:
             try:
                 self._on_reconnect()
             except Exception:  # never kill paho's network thread
                 log.exception("error in the reconnect handler")
 
-    def _disconnected_cb(self, _c: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
+    def _subscribe(self) -> None:
+        if self.subscriptions:  # a publish-only link (paho refuses an empty topic list)
+            self.client.subscribe([(topic, 1) for topic in self.subscriptions])
+
+    def _subscribed_cb(self, _c: mqtt.Client, _ud: Any, _mid: int, codes: Any, _props: Any = None) -> None:
+        if not refused(codes):
+            self._sub_attempt = 0
+            return
+        self.subscribe_refusals += 1
+        self._sub_attempt += 1
+        delay = suback_retry_delay(self._sub_attempt)
+        if delay is None:
+            log.error(
+                "broker %s refused the subscriptions %d times", self.failover.current, self._sub_attempt
+            )
+            return
+        log.warning("broker %s refused a subscription; again in %.1f s", self.failover.current, delay)
+        self._cancel_sub_timer()
+        self._sub_timer = threading.Timer(delay, lambda: self._connected.is_set() and self._subscribe())
+        self._sub_timer.daemon = True
+        self._sub_timer.start()
+
+    def _cancel_sub_timer(self) -> None:
+        if self._sub_timer is not None:
+            self._sub_timer.cancel()
+            self._sub_timer = None
+
+    def _disconnected_cb(self, c: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
         self._connected.clear()
+        self._cancel_sub_timer()
+        if self.connects > 0:
+            self.failover.advance(c)
         if self.connects == 0:
             # Closed before the first CONNACK: with TLS the broker rejected our certificate (TLS 1.3
             # reports that only on the first read, as "Unspecified error"); retrying cannot help.
@@ -111,13 +153,20 @@ class MqttLink:
             log.exception("error handling message on %s", msg.topic)
 
     def connect(self, timeout: float = 10.0) -> None:
-        host, port = self.cfg["host"], int(self.cfg["port"])
-        try:
-            self.client.connect(host, port, keepalive=30)
-        except OSError as e:
+        errors = []
+        for _ in self.failover.eps:  # the first node that answers; paho's thread moves on later
+            ep = self.failover.current
+            try:
+                self.client.connect(ep.host, ep.port, keepalive=30)
+                break
+            except OSError as e:
+                errors.append(f"{ep}: {e}")
+                self.failover.advance(self.client)
+        else:
             raise FleetError(
-                f"cannot reach MQTT broker at {host}:{port}: {e}", hint="check [broker] in fleet.toml"
-            ) from e
+                f"cannot reach the MQTT broker at {'; '.join(errors)}", hint="check [broker] in fleet.toml"
+            )
+        host, port = self.failover.current.host, self.failover.current.port
         self.client.loop_start()
         self._settled.wait(timeout)
         if not self._connected.is_set():
@@ -133,5 +182,6 @@ class MqttLink:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def close(self) -> None:
+        self._cancel_sub_timer()
         self.client.disconnect()
         self.client.loop_stop()

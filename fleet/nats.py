@@ -202,3 +202,67 @@ def write_cluster(
         with os.fdopen(fd, "w") as f:
             f.write(text)
     return {"dir": str(out), "files": sorted(p.name for p in files)}
+
+
+def cluster_nodes(count: int, hosts: Sequence[str] = ()) -> list[Node]:
+    """`count` nodes named nats-1.. on `hosts` (one each, standard ports), or all on 127.0.0.1
+    with ports shifted by the node's index so a test box or laptop can run them side by side."""
+    if count < 1:
+        raise FleetError("--nodes must be at least 1")
+    if hosts and len(hosts) != count:
+        raise FleetError(f"{len(hosts)} host(s) for {count} node(s): give one host per node")
+    if hosts:
+        return [Node(f"nats-{i + 1}", h) for i, h in enumerate(hosts)]
+    return [Node(f"nats-{i + 1}", "127.0.0.1", 4222 + i, 1883 + i, 6222 + i, 8222 + i) for i in range(count)]
+
+
+def fleet_users(cfg: dict[str, Any]) -> tuple[list[User], list[str]]:
+    """The NATS users of a fleet from its fleet.toml and credential store, and the devices left
+    out because their credentials predate NATS support (no bcrypt hash: enrol them again)."""
+    from fleet import config as fleet_config
+    from fleet.credentials import open_store
+
+    password = str(cfg["broker"]["password"])
+    if not password:
+        raise FleetError(
+            "[broker] password is empty: the NATS nodes need the fleet server's own password",
+            hint="set [broker] username and password (or EDGEKIT_BROKER__PASSWORD) in fleet.toml",
+        )
+    store = open_store(fleet_config.state_dir(cfg))
+    try:
+        creds = store.list()
+    finally:
+        store.close()
+    skipped = [c.device for c in creds if not c.nats_hash]
+    users = users_for(
+        cfg["server"]["fleet"],
+        fleet_config.server_user(cfg),
+        hash_password(password),
+        ((c.device, c.nats_hash) for c in creds if c.nats_hash),
+    )
+    return users, skipped
+
+
+def write_fleet_config(
+    cfg: dict[str, Any], out: Path, nodes: Sequence[Node], store_root: Path, listen_host: str | None = None
+) -> dict[str, Any]:
+    """`edgekit fleet nats-config`: every node's config and accounts.conf for the enrolled devices."""
+    users, skipped = fleet_users(cfg)
+    info = write_cluster(out, nodes, users, store_root, listen_host=listen_host)
+    return {**info, "nodes": [n.name for n in nodes], "devices": len(users) - 1, "skipped": skipped}
+
+
+def rewrite_accounts(cfg: dict[str, Any]) -> Path | None:
+    """After an enrolment or a revocation: rewrite `<[broker] nats_dir>/accounts.conf` (0600) if
+    the fleet runs on NATS and says where; the nodes read it on their next reload (SIGHUP)."""
+    b = cfg["broker"]
+    if b.get("kind") != "nats" or not b.get("nats_dir"):
+        return None
+    users, _skipped = fleet_users(cfg)
+    path = Path(b["nats_dir"]).expanduser() / ACCOUNTS_FILE
+    tmp = path.with_name(f".{ACCOUNTS_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(accounts_text(users))
+    os.replace(tmp, path)  # a node reloading now reads the old file or the new one, never half
+    return path

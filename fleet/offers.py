@@ -15,7 +15,7 @@ offers; no second table can drift from them.
 
 from __future__ import annotations
 
-import sqlite3
+from fleet.dialect import Conn
 
 NOT_OFFERED = "not_offered"
 
@@ -33,14 +33,15 @@ def active_refusal(
     return NOT_OFFERED
 
 
-def check_active(c: sqlite3.Connection, device: str, model: str, version: str | None) -> str | None:
+def check_active(c: Conn, device: str, model: str, version: str | None) -> str | None:
     """`active_refusal` for one report, reading the device's offers inside the caller's tx
     (one statement: it runs for every `active` report)."""
+    same = c.dialect.is_same
     row = c.execute(
         "SELECT d.active_model, d.active_version,"
         " EXISTS (SELECT 1 FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout WHERE rd.device=d.id"
-        "  AND ((rd.sequence IS NOT NULL AND r.model=? AND r.version IS ?)"
-        "  OR (rd.rollback_sequence IS NOT NULL AND rd.prev_model=? AND rd.prev_version IS ?))),"
+        f"  AND ((rd.sequence IS NOT NULL AND r.model=? AND r.version {same} ?)"
+        f"  OR (rd.rollback_sequence IS NOT NULL AND rd.prev_model=? AND rd.prev_version {same} ?))),"
         " EXISTS (SELECT 1 FROM rollout_devices WHERE device=d.id AND sequence IS NOT NULL)"
         " FROM devices d WHERE d.id=?",
         (model, version, model, version, device),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleet import repository as repo
-from fleet.db import Database
+from fleet.db import BaseDatabase
 from fleet.repository import Conn
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,17 @@ class _InFlight:
 class Outbox:
     def __init__(
         self,
-        db: Database,
+        db: BaseDatabase,
         transport: Transport,
         retry_s: float = 10.0,
         batch: int = 2000,
         keep_sent_s: float = 3600.0,
         clock: Any = time.monotonic,
+        active: Any = None,
     ):
         self.db, self.transport = db, transport
+        # Whether this process may publish now (fleet.lease: the leader replica alone does).
+        self.active = active or (lambda: True)
         self.retry_s, self.batch, self.keep_sent_s, self.clock = retry_s, batch, keep_sent_s, clock
         self.published = 0  # publish calls, retries included
         self.acked = 0
@@ -83,6 +86,9 @@ class Outbox:
     # ---- the publisher loop ------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
+            # Taking over (again): rows another replica sent meanwhile are marked sent; start over.
+            self._inflight.clear()
+            self._cursor = 0
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="fleet-outbox", daemon=True)
             self._thread.start()
@@ -110,6 +116,8 @@ class Outbox:
     def cycle(self) -> int:
         """Collect acknowledgements, publish new rows, retry stuck ones; returns publishes made."""
         now = self.clock()
+        if not self.active():
+            return 0
         with self.db.lock:
             if self.db.conn.in_transaction:  # this thread's own open transaction: not committed yet
                 return 0

@@ -55,6 +55,7 @@ class ManifestBatch:
             artifacts={a.key: a.manifest_entry(p.base_url) for a in r["artifacts"]},
             model_card=r["model_card"],
             smoke_test=r["smoke_test"],
+            provenance=r.get("provenance"),
             channel=p.channel,
             rollout=self.rollout,
             expires_in=p.ttl,

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit import provenance
 from edgekit.formats import format_for, smoke_tolerances
-from edgekit.trust import sha256_file
-from fleet.db import Database
+from edgekit.trust import VerificationError, iso, sha256_file, utcnow
+from fleet.artifact_store import ArtifactStore
+from fleet.db import BaseDatabase
 from fleet.errors import FleetError, NotFoundError
-from fleet.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,25 @@ class StoredArtifact:
     file: str
     precision: str
     target: str | None
+    # Binary deltas from blobs devices run, to this artifact (fleet.deltas attaches them at
+    # dispatch): (from_sha256, sha256, size, algorithm) each.
+    deltas: tuple[tuple[str, str, int, str], ...] = ()
 
     def manifest_entry(self, base_url: str) -> dict[str, Any]:
-        return {
-            "url": f"{base_url.rstrip('/')}/artifacts/{self.sha256}",
+        base = base_url.rstrip("/")
+        entry: dict[str, Any] = {
+            "url": f"{base}/artifacts/{self.sha256}",
             "sha256": self.sha256,
             "size": self.size,
             "file": self.file,
             "precision": self.precision,
         }
+        if self.deltas:
+            entry["delta"] = [
+                {"from_sha256": f, "url": f"{base}/artifacts/{d}", "sha256": d, "size": n, "algorithm": alg}
+                for f, d, n, alg in self.deltas
+            ]
+        return entry
 
 
 def _format_of(entry: dict[str, Any], files: list[Path]) -> str:
@@ -74,7 +85,8 @@ def _pack(base: Path, files: list[Path], dest: Path) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def _read_report(path: Path) -> list[dict[str, Any]]:
+def _read_report(path: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """report.json as parsed (for provenance) and its artifact rows."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError as e:
@@ -84,7 +96,7 @@ def _read_report(path: Path) -> list[dict[str, Any]]:
     items = doc.get("artifacts") if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         raise FleetError(f"{path}: expected a list of artifacts")
-    return items
+    return doc, items
 
 
 def _smoke_test(card: dict[str, Any], onnx_path: Path | None, golden: Path) -> dict[str, Any] | None:
@@ -120,7 +132,7 @@ def _smoke_test(card: dict[str, Any], onnx_path: Path | None, golden: Path) -> d
 
 
 class Registry:
-    def __init__(self, db: Database, store: ArtifactStore):
+    def __init__(self, db: BaseDatabase, store: ArtifactStore):
         self.db, self.store = db, store
 
     def publish(self, src: Path, model: str, version: str, force: bool = False) -> list[StoredArtifact]:
@@ -136,8 +148,11 @@ class Registry:
             raise FleetError(f"{model} {version} is already published", hint="publish a new version")
         stored: list[StoredArtifact] = []
         used: set[str] = set()
+        local: dict[str, Path] = {}  # sha256 -> the file it was read from (the store may be remote)
+        report, items = _read_report(src / "report.json")
+        described: dict[str, tuple[str, int, dict[str, Any]]] = {}  # key -> provenance input
         with tempfile.TemporaryDirectory() as tmp:
-            for entry in _read_report(src / "report.json"):
+            for entry in items:
                 if entry.get("status", "ok") != "ok":
                     continue
                 # report.json lists files as {path, bytes, sha256} (edgekit convert); plain paths also work.
@@ -154,32 +169,48 @@ class Registry:
                     # Guard against a report that does not match its files.
                     if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
                         raise FleetError(f"{path}: sha256 differs from report.json")
+                    if isinstance(entry.get("bytes"), int) and path.stat().st_size != entry["bytes"]:
+                        raise FleetError(f"{path}: size differs from report.json")
                 else:
                     name = f"{files[0].stem}.{fmt}.tar"
                     path = Path(tmp) / name
                     _pack(src, files, path)
                 digest, size = self.store.put(path)
+                local[digest] = path
                 key = fmt if fmt not in used and precision == "fp32" else f"{fmt}-{precision}"
                 n = 2
                 while key in used:
                     key, n = f"{fmt}-{precision}-{n}", n + 1
                 used.add(key)
                 stored.append(StoredArtifact(key, fmt, digest, size, name, precision, entry.get("target")))
-        if not stored:
-            raise FleetError(f"{src}/report.json lists no artifact with status ok")
-        onnx = next((a for a in stored if a.format == "onnx" and a.precision == "fp32"), None)
-        smoke = _smoke_test(card, self.store.path(onnx.sha256) if onnx else None, src / "golden_input.npz")
+                described[key] = (digest, size, entry)
+            if not stored:
+                raise FleetError(f"{src}/report.json lists no artifact with status ok")
+            onnx = next((a for a in stored if a.format == "onnx" and a.precision == "fp32"), None)
+            smoke = _smoke_test(card, local[onnx.sha256] if onnx else None, src / "golden_input.npz")
+        try:
+            prov = provenance.from_report(report, described, iso(utcnow()))
+        except VerificationError as e:  # a report the manifest could not carry: say which field
+            raise FleetError(f"{src}/report.json: {e.detail}") from None
         with self.db.tx() as c:
             c.execute("DELETE FROM artifacts WHERE model=? AND version=?", (model, version))
             c.execute(
-                "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?)",
+                "INSERT INTO versions (model, version, model_card, smoke_test, created) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (model, version) DO UPDATE SET model_card=excluded.model_card,"
+                " smoke_test=excluded.smoke_test, created=excluded.created",
                 (model, version, json.dumps(card), json.dumps(smoke) if smoke else None, time.time()),
             )
             for a in stored:
                 c.execute(
-                    "INSERT INTO artifacts VALUES (?,?,?,?,?,?,?,?)",
+                    "INSERT INTO artifacts (model, version, format, sha256, size, file, precision, target)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
                     (model, version, a.key, a.sha256, a.size, a.file, a.precision, a.target),
                 )
+            c.execute("DELETE FROM provenance WHERE model=? AND version=?", (model, version))
+            c.execute(
+                "INSERT INTO provenance (model, version, doc) VALUES (?,?,?)",
+                (model, version, json.dumps(prov, sort_keys=True)),
+            )
         return stored
 
     def version(self, model: str, version: str) -> dict[str, Any]:
@@ -191,11 +222,14 @@ class Registry:
         arts = self.db.query(
             "SELECT * FROM artifacts WHERE model=? AND version=? ORDER BY format", (model, version)
         )
+        prov = self.db.query("SELECT doc FROM provenance WHERE model=? AND version=?", (model, version))
         return {
             "model": model,
             "version": version,
             "model_card": json.loads(rows[0]["model_card"]),
             "smoke_test": json.loads(rows[0]["smoke_test"]) if rows[0]["smoke_test"] else None,
+            # None for versions published before provenance existed
+            "provenance": json.loads(prov[0]["doc"]) if prov else None,
             "artifacts": [
                 StoredArtifact(
                     r["format"],

@@ -1,32 +1,23 @@
 """The SQL of the rollout engine, the desired-state shadow and the outbox, in one place.
 
-Each function runs on the connection of the caller's transaction (fleet.db.Database.tx), so a
+Each function runs on the connection of the caller's transaction (fleet.db: `tx()`), so a
 state change and the messages it causes commit together. Statements are set-based (one
-statement per wave, not one per device) and portable where that is cheap: `ON CONFLICT`,
-`RETURNING` and subqueries read the same in SQLite >= 3.35 and PostgreSQL. The two
-SQLite-only spellings are named constants below (a PostgreSQL backend swaps them):
-- a list parameter: `json_each(?)` over a JSON array (PostgreSQL: `= ANY(%s)`);
-- the larger of two values: scalar `MAX(a, b)` (PostgreSQL: `GREATEST(a, b)`).
+statement per wave, not one per device) and portable: `ON CONFLICT`, `RETURNING` and subqueries
+read the same in SQLite >= 3.35 and PostgreSQL, and the few spellings that differ (a list
+parameter, the larger of two values, a label match, NULL-safe equality) come from `c.dialect`
+(fleet.dialect).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edgekit.protocol import MAX_SEQUENCE
 from fleet import decide
-
-Conn = sqlite3.Connection
-IN_LIST = "(SELECT value FROM json_each(?))"  # `x IN IN_LIST` with one JSON-array parameter
-GREATEST = "MAX"
-
-
-def _list(values: Iterable[Any]) -> str:
-    return json.dumps(list(values))
+from fleet.dialect import Conn, Row
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -86,7 +77,7 @@ class Sent:
     reported: int | None
 
 
-def _rollout(r: sqlite3.Row) -> RolloutRow:
+def _rollout(r: Row) -> RolloutRow:
     return RolloutRow(
         r["id"],
         r["model"],
@@ -110,13 +101,11 @@ def select_devices(c: Conn, selector: dict[str, str], ids: list[str] | None = No
     """Ids of the devices whose labels match every `selector` pair (and are in `ids`, if given)."""
     where, args = [], []
     for k, v in selector.items():
-        where.append(
-            "EXISTS (SELECT 1 FROM json_each(d.labels) l WHERE l.key=? AND l.type='text' AND l.value=?)"
-        )
+        where.append(c.dialect.label_match)
         args += [k, v]
     if ids is not None:
-        where.append(f"d.id IN {IN_LIST}")
-        args.append(_list(ids))
+        where.append(f"d.id {c.dialect.in_list}")
+        args.append(c.dialect.list_param(ids))
     sql = "SELECT d.id FROM devices d" + (" WHERE " + " AND ".join(where) if where else "")
     return [r[0] for r in c.execute(sql + " ORDER BY d.id", args)]
 
@@ -125,11 +114,12 @@ def assign_sequences(c: Conn, devices: Iterable[str]) -> dict[str, int]:
     """Give each device its next manifest sequence, atomically, in one statement: above all it
     was sent and all it reported. A device whose next sequence would pass MAX_SEQUENCE is left
     out (the comparison is made before adding, so nothing ever overflows)."""
+    d = c.dialect
     rows = c.execute(
-        f"UPDATE devices SET issued_sequence = {GREATEST}(issued_sequence, COALESCE(sequence, 0)) + 1"
-        f" WHERE id IN {IN_LIST} AND {GREATEST}(issued_sequence, COALESCE(sequence, 0)) < ?"
+        f"UPDATE devices SET issued_sequence = {d.greatest}(issued_sequence, COALESCE(sequence, 0)) + 1"
+        f" WHERE id {d.in_list} AND {d.greatest}(issued_sequence, COALESCE(sequence, 0)) < ?"
         " RETURNING id, issued_sequence",
-        (_list(devices), MAX_SEQUENCE),
+        (d.list_param(devices), MAX_SEQUENCE),
     ).fetchall()
     return {r[0]: r[1] for r in rows}
 
@@ -137,7 +127,8 @@ def assign_sequences(c: Conn, devices: Iterable[str]) -> dict[str, int]:
 def sequence_snapshot(c: Conn, devices: Iterable[str]) -> dict[str, tuple[int, int | None]]:
     """(issued, reported) per device, to predict the sequences `assign_sequences` will give."""
     rows = c.execute(
-        f"SELECT id, issued_sequence, sequence FROM devices WHERE id IN {IN_LIST}", (_list(devices),)
+        f"SELECT id, issued_sequence, sequence FROM devices WHERE id {c.dialect.in_list}",
+        (c.dialect.list_param(devices),),
     )
     return {r[0]: (r[1], r[2]) for r in rows}
 
@@ -213,7 +204,7 @@ def change_state(
     cur = c.execute(
         "UPDATE rollouts SET state=?, paused_at=?, reason=COALESCE(?, reason),"
         f" ended=CASE WHEN ? THEN ? ELSE ended END, updated=? WHERE id=? AND state IN ({_marks(expect)})",
-        (state, paused_at, reason, int(ended), now, now, rid, *expect),
+        (state, paused_at, reason, ended, now, now, rid, *expect),
     )
     return cur.rowcount == 1
 
@@ -310,13 +301,14 @@ def member_states(c: Conn, rid: str) -> dict[str, str]:
     }
 
 
-def members_for_status(c: Conn, device: str, sequence: int | None, rollout: str | None) -> list[sqlite3.Row]:
+def members_for_status(c: Conn, device: str, sequence: int | None, rollout: str | None) -> list[Row]:
     """The memberships a status report is about: by the sequence it reports (the manifest or the
     rollback), or by rollout id when it reports none."""
+    sql = "SELECT rollout, device, state, rollback_sequence FROM rollout_devices WHERE device=?"
+    if sequence is None:
+        return c.execute(sql + " AND rollout=?", (device, rollout)).fetchall()
     return c.execute(
-        "SELECT rollout, device, state, rollback_sequence FROM rollout_devices WHERE device=?"
-        " AND (sequence=? OR rollback_sequence=? OR (? IS NULL AND rollout=?))",
-        (device, sequence, sequence, sequence, rollout),
+        sql + " AND (sequence=? OR rollback_sequence=?)", (device, sequence, sequence)
     ).fetchall()
 
 
@@ -358,7 +350,7 @@ def outbox_pending(c: Conn, after: int, limit: int) -> list[tuple[int, str, byte
 
 
 def outbox_mark_sent(c: Conn, ids: Iterable[int], now: float) -> None:
-    c.execute(f"UPDATE outbox SET sent=? WHERE id IN {IN_LIST}", (now, _list(ids)))
+    c.execute(f"UPDATE outbox SET sent=? WHERE id {c.dialect.in_list}", (now, c.dialect.list_param(ids)))
 
 
 def outbox_prune(c: Conn, sent_before: float) -> None:
@@ -368,3 +360,48 @@ def outbox_prune(c: Conn, sent_before: float) -> None:
 def outbox_count(c: Conn, pending: bool = True) -> int:
     cond = "sent IS NULL" if pending else "sent IS NOT NULL"
     return int(c.execute(f"SELECT COUNT(*) FROM outbox WHERE {cond}").fetchone()[0])
+
+
+# ---- leases and admin tokens (shared by every replica of one database) ---------------------
+def lease_claim(c: Conn, name: str, holder: str, ttl: float) -> bool:
+    """Take or renew lease `name` for `ttl` seconds on the database's clock: granted when it is
+    free, expired, or already `holder`'s. One statement, so two claimants never both win."""
+    now = c.dialect.epoch_now
+    row = c.execute(
+        f"INSERT INTO leases (name, holder, expires) VALUES (?, ?, {now} + ?)"
+        " ON CONFLICT (name) DO UPDATE SET holder=excluded.holder, expires=excluded.expires"
+        f" WHERE leases.holder=excluded.holder OR leases.expires < {now} RETURNING holder",
+        (name, holder, ttl),
+    ).fetchone()
+    return row is not None
+
+
+def lease_release(c: Conn, name: str, holder: str) -> None:
+    c.execute("DELETE FROM leases WHERE name=? AND holder=?", (name, holder))
+
+
+def lease_holder(c: Conn, name: str) -> tuple[str, float] | None:
+    """(holder, seconds left) of an unexpired lease, or None."""
+    now = c.dialect.epoch_now
+    row = c.execute(
+        f"SELECT holder, expires - {now} FROM leases WHERE name=? AND expires >= {now}", (name,)
+    ).fetchone()
+    return (row[0], float(row[1])) if row else None
+
+
+def token_put(c: Conn, name: str, digest: str, now: float) -> None:
+    """The token named `name` is now the one hashing to `digest` (the previous one stops working)."""
+    c.execute("DELETE FROM admin_tokens WHERE name=?", (name,))
+    c.execute("INSERT INTO admin_tokens (hash, name, created) VALUES (?,?,?)", (digest, name, now))
+
+
+def token_known(c: Conn, digest: str) -> bool:
+    return c.execute("SELECT 1 FROM admin_tokens WHERE hash=?", (digest,)).fetchone() is not None
+
+
+def token_names(c: Conn) -> list[tuple[str, float]]:
+    return [(r[0], r[1]) for r in c.execute("SELECT name, created FROM admin_tokens ORDER BY name")]
+
+
+def token_delete(c: Conn, name: str) -> bool:
+    return c.execute("DELETE FROM admin_tokens WHERE name=?", (name,)).rowcount > 0

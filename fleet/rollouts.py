@@ -44,8 +44,9 @@ from typing import Any
 from edgekit import topics
 from edgekit.protocol import IN_PROGRESS, MAX_SEQUENCE, Status
 from fleet import repository as repo
-from fleet.db import Database
+from fleet.db import BaseDatabase
 from fleet.decide import Abort, Advance, Cancel, Complete, Counts, Decision, decide, timeout_cutoff
+from fleet.deltas import attach as attach_deltas
 from fleet.devices import DeviceRegistry
 from fleet.errors import FleetError, NotFoundError
 from fleet.publisher import ManifestBatch, Publisher
@@ -134,7 +135,7 @@ Presigned = dict[str, tuple[int, bytes]]  # device -> (the sequence it was signe
 class RolloutEngine:
     def __init__(
         self,
-        db: Database,
+        db: BaseDatabase,
         registry: Registry,
         devices: DeviceRegistry,
         publisher: Publisher,
@@ -167,7 +168,7 @@ class RolloutEngine:
             raise FleetError("--success-threshold and --max-failure-rate are fractions in [0, 1]")
         if device_timeout <= 0:
             raise FleetError("--device-timeout must be positive")
-        release = self.registry.version(model, version)  # raises NotFoundError
+        release = attach_deltas(self.registry, self.registry.version(model, version))  # NotFoundError
         with self.db.lock:
             targets = repo.select_devices(self.db.conn, selector, device_ids or None)
         if not targets:
@@ -342,7 +343,9 @@ class RolloutEngine:
             with self.db.tx() as c:
                 repo.move_wave(c, r.id, r.wave, len(r.waves) - 1, RUNNING, now)
             return
-        batch = self.publisher.batch(self.registry.version(r.model, r.version), r.id)
+        batch = self.publisher.batch(
+            attach_deltas(self.registry, self.registry.version(r.model, r.version)), r.id
+        )
         presigned = self._presign(batch, [m.device for m in pending])
         with self.db.tx() as c:
             self._dispatch(c, r, wave, batch, presigned, now)

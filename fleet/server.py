@@ -3,7 +3,9 @@
 Threads: paho's network thread only enqueues messages (and a "resync" event on every reconnect);
 one engine thread drains the queue in batches (one SQLite transaction per batch: thousands of
 status messages per second stay cheap), runs the rollout engine's tick and re-publishes the
-desired-state shadow; uvicorn threads serve artifacts and the admin API.
+desired-state shadow; uvicorn threads serve artifacts and the admin API. Replicas on one
+PostgreSQL ([server] db) all serve HTTP; the holder of the leader lease (fleet.lease) alone holds
+the MQTT session, ticks and publishes the outbox.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import secrets
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -20,33 +22,36 @@ from typing import Any
 
 from edgekit import topics
 from edgekit.protocol import ProtocolError
+from fleet import admin_tokens, ingest
 from fleet import config as fleet_config
-from fleet import ingest
-from fleet.db import Database
+from fleet.artifact_store import ArtifactStore, open_artifacts
+from fleet.db import BaseDatabase, open_database
 from fleet.desired import DesiredStore
 from fleet.devices import DeviceRegistry
 from fleet.keys import KeyStore
+from fleet.lease import Lease, LeaseKeeper
 from fleet.mqtt import MqttLink
 from fleet.outbox import Outbox
 from fleet.publisher import Publisher
 from fleet.registry import Registry
 from fleet.rollouts import RolloutEngine
-from fleet.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 RESYNC = "resync"  # engine-loop event: the MQTT link reconnected; re-publish the desired shadow
 
 
-def open_state(state_dir: Path) -> tuple[Database, ArtifactStore, Registry]:
-    """What offline commands (publish) need, without any network."""
-    db = Database(Path(state_dir) / "fleet.db")
-    store = ArtifactStore(Path(state_dir) / "artifacts")
-    return db, store, Registry(db, store)
+def open_state(
+    state_dir: Path, artifacts: dict[str, Any] | None = None, db: str = ""
+) -> tuple[BaseDatabase, ArtifactStore, Registry]:
+    """What offline commands (publish) need: the database and the artifact store fleet.toml's
+    [artifacts] names (default: <state_dir>/artifacts), [server] db (default: SQLite there)."""
+    database = open_database(db, Path(state_dir))
+    store = open_artifacts(artifacts or {}, Path(state_dir))
+    return database, store, Registry(database, store)
 
 
-def write_token(path: Path) -> str:
-    token = secrets.token_urlsafe(24)
+def write_token(path: Path, token: str) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token)
@@ -59,7 +64,9 @@ class FleetServer:
         self.fleet = self.cfg["server"]["fleet"]
         self.state_dir = fleet_config.state_dir(self.cfg)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.db, self.store, self.registry = open_state(self.state_dir)
+        self.db, self.store, self.registry = open_state(
+            self.state_dir, self.cfg.get("artifacts"), self.cfg["server"].get("db", "")
+        )
         self.devices = DeviceRegistry(self.db)
         self.desired = DesiredStore(self.db)
         self.keys = KeyStore(self.state_dir)
@@ -67,6 +74,7 @@ class FleetServer:
         self.link: MqttLink | None = None
         self.outbox: Outbox | None = None
         self.engine: RolloutEngine
+        self.leader: LeaseKeeper | None = None
         self.admin_token = ""
         self._events: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -94,16 +102,20 @@ class FleetServer:
 
             # enrolled devices + the server's own credentials, which `b` now carries for the link
             self.broker, b = start_embedded(self.cfg, self.state_dir)
-        self.link = MqttLink(
-            b,
-            self._on_message,
-            [topics.all_devices(self.fleet, "status"), topics.all_devices(self.fleet, "online")],
-            on_reconnect=lambda: self._events.put(("", RESYNC, b"")),
-        )
-        self.link.connect()
+        self._link_cfg = b
+        self.link = self._new_link()
+        # Replicas of one database: the lease holder alone ticks, publishes and takes device
+        # reports (its broker session); every replica serves HTTP and writes outbox rows.
+        srv, a = self.cfg["server"], self.cfg["admin"]
+        self.replica_id = srv.get("replica_id") or f"{socket.gethostname()}:{a['port']}:{self.state_dir}"
+        self.lease = Lease(self.db, self.replica_id, float(srv.get("lease_seconds", 10.0)))
         # One publisher loop for every message the server sends (fleet.outbox).
-        self.outbox = Outbox(self.db, self.link, float(self.cfg["server"].get("outbox_retry_seconds", 10.0)))
-        self.outbox.start()
+        self.outbox = Outbox(
+            self.db,
+            self.link,
+            float(self.cfg["server"].get("outbox_retry_seconds", 10.0)),
+            active=self.lease.held,
+        )
         publisher = Publisher(
             self.outbox,
             self.desired,
@@ -114,10 +126,15 @@ class FleetServer:
             timedelta(days=float(self.cfg["server"]["manifest_ttl_days"])),
         )
         self.publisher = publisher
-        # A restarted server may face a fresh broker (embedded, or one that lost its state).
-        self.resync()
         self.engine = RolloutEngine(self.db, self.registry, self.devices, publisher)
-        self.admin_token = write_token(self.state_dir / "admin.token")
+        self.leader = LeaseKeeper(self.lease, self._lead, self._step_down)
+        if not self.leader.step(raise_errors=True):
+            held = self.lease.holder_now()
+            log.info("replica %s standing by: %s leads", self.replica_id, held[0] if held else "nobody yet")
+        self.leader.start()
+        # Hashed in the database: any replica accepts it. The file is for the local CLI.
+        token = admin_tokens.issue(self.db, f"serve:{self.replica_id}")
+        self.admin_token = write_token(self.state_dir / "admin.token", token)
         h, a = self.cfg["http"], self.cfg["admin"]
         self._http = [
             UvicornThread(artifact_app(self), h["host"], int(h["port"]), "artifact-http"),
@@ -136,10 +153,48 @@ class FleetServer:
             a["port"],
         )
 
+    def _new_link(self) -> MqttLink:
+        return MqttLink(
+            self._link_cfg,
+            self._on_message,
+            [topics.all_devices(self.fleet, "status"), topics.all_devices(self.fleet, "online")],
+            on_reconnect=lambda: self._events.put(("", RESYNC, b"")),
+        )
+
+    def _lead(self) -> None:
+        """This replica took the lease: connect the broker session, publish, re-publish."""
+        if self.link is None:
+            self.link = self._new_link()
+            assert self.outbox is not None
+            self.outbox.transport = self.link
+        try:
+            self.link.connect()
+        except BaseException:
+            self.link.close()
+            self.link = None
+            raise
+        assert self.outbox is not None
+        self.outbox.start()
+        # A new leader (or a restarted server) may face a fresh broker, or one that lost its state.
+        self.resync()
+
+    def _step_down(self) -> None:
+        """Another replica may lead now: stop publishing and leave the broker session to it."""
+        if self.outbox:
+            self.outbox.stop()
+        if self.link:
+            self.link.close()
+            self.link = None
+
+    def leads(self) -> bool:
+        return self.leader.leading and self.lease.held()
+
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
+        if self.leader:
+            self.leader.stop()  # no more transitions; the lease is released last
         # Publish what is committed (bounded: the broker may be away; what is left goes out at the
         # next start). Then stop the inflow, and let the engine apply every report already taken
         # in (the broker keeps what it has not delivered for the persistent session): none is lost.
@@ -154,6 +209,8 @@ class FleetServer:
             self.outbox.stop()
         for s in self._http:
             s.stop()
+        if self.leader and self.leader.leading:
+            self.lease.release()  # at once: another replica need not wait for the expiry
         if self.broker:
             self.broker.stop()
         self.db.close()
@@ -225,7 +282,8 @@ class FleetServer:
                 if stopping:
                     return
                 # Tick on every batch too: a wave advances as soon as its last report arrives.
-                self.engine.tick()
+                if self.leads():
+                    self.engine.tick()
                 next_tick = time.monotonic() + tick
             except Exception:  # keep serving; the next tick retries
                 log.exception("engine loop error")

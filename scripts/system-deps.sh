@@ -5,6 +5,8 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 # The clustered broker (3 nodes, MQTT listener + JetStream): tests/support/nats.py.
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+# PostgreSQL for the fleet's second backend: initdb/pg_ctl in a temp dir (tests/support/postgres.py).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # systemd-analyze security/verify on deploy/*.service (tests/test_systemd_units.py).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)

@@ -31,7 +31,8 @@ Agent side (verify)::
 
 Refusal reasons (`VerificationError.reason`): listed with their meaning in edgekit.trust.errors
 (malformed, oversized, bad_signature, unknown_key, threshold, expired, expired_root, replay,
-wrong_fleet, wrong_device, wrong_type, root_version, size_mismatch, sha256_mismatch).
+wrong_fleet, wrong_device, wrong_type, root_version, size_mismatch, sha256_mismatch,
+provenance_mismatch).
 
 Root expiry follows TUF (see edgekit.trust.root): the enrolment root and intermediate roots may
 be expired; the newest trusted root must not be when a manifest is verified (`expired_root`).

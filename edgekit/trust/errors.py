@@ -20,6 +20,9 @@ Reason codes (`VerificationError.reason`), reported by the agent on `status`:
     root_version     a root rotation that is not exactly version + 1
     size_mismatch    downloaded artifact size differs from the manifest
     sha256_mismatch  downloaded artifact digest differs from the manifest
+    provenance_mismatch  the manifest's provenance (its conversion report) describes an artifact
+                     by another sha256 or size than the artifact entry, or an artifact the
+                     manifest does not carry: the report is not about these bytes
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ WRONG_TYPE = "wrong_type"
 ROOT_VERSION = "root_version"
 SIZE_MISMATCH = "size_mismatch"
 SHA256_MISMATCH = "sha256_mismatch"
+PROVENANCE_MISMATCH = "provenance_mismatch"
 
 REASONS = frozenset(
     {
@@ -58,6 +62,7 @@ REASONS = frozenset(
         ROOT_VERSION,
         SIZE_MISMATCH,
         SHA256_MISMATCH,
+        PROVENANCE_MISMATCH,
     }
 )
 

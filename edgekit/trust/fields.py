@@ -23,6 +23,8 @@ Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 # Printable, bounded free text (versions, channels, ids): no control characters, so it is safe
 # to log and to put in a status message.
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# Longer printable text (a source's origin, a parity bound): same rule, more room.
+Text = Annotated[str, StringConstraints(max_length=512, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 def _safe_name(value: str) -> str:

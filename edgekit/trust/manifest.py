@@ -3,9 +3,10 @@
 signed = {
   "_type": "manifest", "fleet": "f", "device": "dev-1", "channel": "stable", "rollout": "r-..",
   "model": "digits", "version": "1.2.0", "sequence": 7,
-  "artifacts": {"onnx": {"url", "sha256", "size", "file", "precision"}, "tflite": {...}},
+  "artifacts": {"onnx": {"url", "sha256", "size", "file", "precision", "delta"?}, "tflite": {...}},
   "model_card": {... ModelCard.to_dict() ...},
   "smoke_test": {... see edgekit.trust.smoke ...} or null,
+  "provenance": {... see edgekit.provenance ...}      (optional: the conversion report)
   "issued_at": "2026-..Z", "expires_at": "2026-..Z"
 }
 Typed, bounded and forward compatible: edgekit.trust.manifest_schema.
@@ -20,6 +21,7 @@ from typing import Any
 from edgekit.trust.envelope import MAX_DOCUMENT_BYTES, parse, sign
 from edgekit.trust.errors import (
     EXPIRED,
+    PROVENANCE_MISMATCH,
     REPLAY,
     WRONG_DEVICE,
     WRONG_FLEET,
@@ -28,7 +30,12 @@ from edgekit.trust.errors import (
 )
 from edgekit.trust.fields import validate_wire
 from edgekit.trust.keys import SigningKey
-from edgekit.trust.manifest_schema import WIRE_ARTIFACT_FIELDS, Artifact, ManifestBody
+from edgekit.trust.manifest_schema import (
+    OPTIONAL_ARTIFACT_FIELDS,
+    WIRE_ARTIFACT_FIELDS,
+    Artifact,
+    ManifestBody,
+)
 from edgekit.trust.root import Root, update_root_chain
 from edgekit.trust.timeutil import iso, parse_iso, utcnow
 
@@ -39,7 +46,27 @@ def parse_manifest_body(signed: dict[str, Any]) -> ManifestBody:
         raise VerificationError(
             WRONG_TYPE, f"expected _type 'manifest', got {str(signed.get('_type'))[:40]!r}"
         )
-    return validate_wire(ManifestBody, signed, "manifest")
+    body = validate_wire(ManifestBody, signed, "manifest")
+    check_provenance(body)
+    return body
+
+
+def check_provenance(body: ManifestBody) -> None:
+    """The signed report must describe the signed bytes: each provenance row names the sha256
+    and size of the artifact under the same key. A manifest without provenance passes (older
+    fleets); a row for an artifact the manifest does not carry does not."""
+    if body.provenance is None:
+        return
+    for key, row in body.provenance.artifacts.items():
+        art = body.artifacts.get(key)
+        if art is None:
+            raise VerificationError(PROVENANCE_MISMATCH, f"provenance describes {key!r}, not in the manifest")
+        if (row.sha256, row.size) != (art.sha256, art.size):
+            raise VerificationError(
+                PROVENANCE_MISMATCH,
+                f"{key}: the report says sha256 {row.sha256[:16]}.. size {row.size}, "
+                f"the artifact is {art.sha256[:16]}.. size {art.size}",
+            )
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,11 @@ class Manifest:
         return self.signed.get("smoke_test")
 
     @property
+    def provenance(self) -> dict[str, Any] | None:
+        """The signed conversion report as plain JSON (validated), for edgekit.provenance."""
+        return self.signed.get("provenance")
+
+    @property
     def artifacts(self) -> dict[str, Artifact]:
         return {key: self.body.artifact(key) for key in self.body.artifacts}
 
@@ -110,6 +142,7 @@ def build_manifest(
     artifacts: dict[str, dict[str, Any]],
     model_card: dict[str, Any],
     smoke_test: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     channel: str = "stable",
     rollout: str | None = None,
     expires_in: timedelta = timedelta(days=7),
@@ -118,7 +151,8 @@ def build_manifest(
     """The `signed` part of a manifest; sign it with `sign(signed, [release_key])`.
 
     Validated with the agents' own rules (VerificationError otherwise), so the fleet never
-    signs a manifest its devices would refuse as malformed."""
+    signs a manifest its devices would refuse as malformed. `provenance` and an artifact's
+    `delta` are left out when absent (None)."""
     now = now or utcnow()
     signed = {
         "_type": "manifest",
@@ -129,14 +163,22 @@ def build_manifest(
         "model": model,
         "version": version,
         "sequence": sequence,
-        "artifacts": {fmt: {k: a[k] for k in WIRE_ARTIFACT_FIELDS} for fmt, a in artifacts.items()},
+        "artifacts": {fmt: _wire_artifact(a) for fmt, a in artifacts.items()},
         "model_card": model_card,
         "smoke_test": smoke_test,
         "issued_at": iso(now),
         "expires_at": iso(now + expires_in),
     }
+    if provenance is not None:
+        signed["provenance"] = provenance
     parse_manifest_body(signed)
     return signed
+
+
+def _wire_artifact(a: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: a[k] for k in WIRE_ARTIFACT_FIELDS if k not in OPTIONAL_ARTIFACT_FIELDS or a.get(k) is not None
+    }
 
 
 def sign_manifest(signed: dict[str, Any], keys: list[SigningKey]) -> dict[str, Any]:

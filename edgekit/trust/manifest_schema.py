@@ -7,6 +7,12 @@ add some). Validated and bounded:
 - `url` is printable ASCII, at most 2048 chars, http(s) or relative (joined to the agent's base URL);
 - free-text fields (fleet, device, channel, rollout, version, precision) are 1..128 printable chars;
 - at most MAX_ARTIFACTS artifacts; timestamps parse as ISO 8601 with a timezone;
+- an artifact's optional `delta` list (binary patches from blobs devices may already hold, see
+  edgekit.delta) has at most MAX_DELTAS entries; `algorithm` is free text so a newer fleet's
+  algorithm is skipped by an older agent, not refused;
+- the optional `provenance` (the conversion report, see edgekit.provenance) has at most one row
+  per artifact, bounded text, finite numbers; its rows must name the same sha256 and size as the
+  artifacts they describe (checked in edgekit.trust.manifest: `provenance_mismatch`);
 - the smoke test's tensors have a known numeric dtype, at most 32 dims, and exactly the bytes
   their shape needs, so decoding them on the device cannot fail.
 """
@@ -21,12 +27,15 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
-from edgekit.trust.fields import WIRE, Label, SafeName, Sha256Hex, Timestamp, Uint63
+from edgekit.trust.fields import WIRE, Label, SafeName, Sha256Hex, Text, Timestamp, Uint63
 
 MAX_ARTIFACTS = 64
 MAX_ARTIFACT_BYTES = 2**40  # 1 TiB: far above any edge model, far below what overflows anything
 MAX_TENSORS = 64
 MAX_DIMS = 32
+MAX_DELTAS = 16  # per artifact: one per version devices commonly run, far fewer in practice
+MAX_TOOLCHAINS = 16
+MAX_VERSIONS = 32  # tool -> version pairs per artifact row
 
 _ITEMSIZE = {
     "bool": 1,
@@ -59,15 +68,31 @@ Url = Annotated[
 TensorName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
+Size = Annotated[int, Field(ge=0, le=MAX_ARTIFACT_BYTES)]
+
+
+class DeltaEntry(BaseModel):
+    """A binary patch that turns the blob `from_sha256` into this artifact. Its own bytes are
+    checked against `sha256`/`size`, and its result against the artifact's signed digest."""
+
+    model_config = WIRE
+    from_sha256: Sha256Hex
+    url: Url
+    sha256: Sha256Hex
+    size: Size
+    algorithm: Label
+
+
 class ArtifactEntry(BaseModel):
     """One artifact as it appears on the wire, under its key in `artifacts`."""
 
     model_config = WIRE
     url: Url
     sha256: Sha256Hex
-    size: int = Field(ge=0, le=MAX_ARTIFACT_BYTES)
+    size: Size
     file: SafeName
     precision: Label
+    delta: list[DeltaEntry] | None = Field(default=None, max_length=MAX_DELTAS)
 
 
 class Artifact(ArtifactEntry):
@@ -108,6 +133,62 @@ class SmokeTest(BaseModel):
     tolerance: dict[Label, Tolerance] | None = Field(default=None, max_length=MAX_TENSORS)
 
 
+LockDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8,64}$")]
+
+
+class ToolchainInfo(BaseModel):
+    model_config = WIRE
+    lock: LockDigest  # digest of the toolchain's lock file (converters/toolchains)
+
+
+class Parity(BaseModel):
+    """The artifact against the fp32 reference, on the conversion's validation samples."""
+
+    model_config = WIRE
+    max_abs_error: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    cosine: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
+    bound: Text | None = None
+
+
+class Accuracy(BaseModel):
+    model_config = WIRE
+    top1: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    top1_drop_pts: Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)] | None = None
+
+
+class ProvenanceRow(BaseModel):
+    """What the conversion report says about one artifact of the manifest (same key)."""
+
+    model_config = WIRE
+    sha256: Sha256Hex
+    size: Size
+    target: Label | None = None
+    precision: Label | None = None
+    runtime: Label | None = None
+    toolchain: SafeName | None = None
+    versions: dict[Label, Label] = Field(default_factory=dict, max_length=MAX_VERSIONS)
+    parity: Parity | None = None
+    accuracy: Accuracy | None = None
+    latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
+class Provenance(BaseModel):
+    """Where the release came from: the conversion report, cut to what a device can check."""
+
+    model_config = WIRE
+    source_sha256: Sha256Hex | None = None
+    source_format: Label | None = None
+    source_origin: Text | None = None
+    calibration_sha256: Sha256Hex | None = None
+    eval_sha256: Sha256Hex | None = None
+    reference_top1: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
+    edgekit_version: Label | None = None
+    converted_at: Timestamp | None = None
+    published_at: Timestamp | None = None
+    toolchains: dict[SafeName, ToolchainInfo] = Field(default_factory=dict, max_length=MAX_TOOLCHAINS)
+    artifacts: dict[SafeName, ProvenanceRow] = Field(default_factory=dict, max_length=MAX_ARTIFACTS)
+
+
 class ManifestBody(BaseModel):
     model_config = WIRE
     fleet: Label
@@ -120,6 +201,7 @@ class ManifestBody(BaseModel):
     artifacts: dict[SafeName, ArtifactEntry] = Field(min_length=1, max_length=MAX_ARTIFACTS)
     model_card: dict[str, Any]
     smoke_test: SmokeTest | None = None
+    provenance: Provenance | None = None
     issued_at: Timestamp
     expires_at: Timestamp
 
@@ -128,3 +210,6 @@ class ManifestBody(BaseModel):
 
 
 WIRE_ARTIFACT_FIELDS = tuple(ArtifactEntry.model_fields)
+# Omitted from the signed JSON when absent, so a manifest without them is byte-identical to
+# what agents that predate them verify.
+OPTIONAL_ARTIFACT_FIELDS = frozenset({"delta"})
