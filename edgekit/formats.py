@@ -104,6 +104,9 @@ _PASSES_TF = (
     "expand-SpaceToDepth",
     "expand-CastLike",  # onnx2tf has no CastLike converter
     "decompose-OneHot",  # TF.js: wrong values from onnx2tf's OneHot
+    "decompose-Softsign",  # LiteRT: Flex only
+    "widen-narrow-ints",  # LiteRT: int8/uint8 Max/Min/Mod and bool ReduceMax/Min are Flex only
+    "expand-CenterCropPad",
     "trilu-to-where",  # TF.js: wrong values from onnx2tf's Trilu
     *_PASSES_TAIL,
 )
@@ -154,12 +157,10 @@ _PASSES: dict[str, tuple[str, ...]] = {
         "decompose-OneHot",
         "trilu-to-where",
         "minmax-to-where",
+        "widen-narrow-ints",  # bool ReduceMax/Min: the opset adapters refuse bool
         "flatten-to-reshape",
         "materialize-passthrough-outputs",
-        # onnx2torch has no LSTM/GRU/RNN converter; unrolling needs the sequence length, which
-        # often comes through shape arithmetic that only folding makes static
-        "fold-constants",
-        "unroll-recurrent",
+        "unroll-recurrent",  # onnx2torch has no LSTM/GRU/RNN converter
         "globalmaxpool-to-reducemax",
         "sum-to-add",  # e.g. in Gelu's body
         "clip-dynamic-bounds",  # onnx2torch: "Dynamic value of min/max is not implemented"

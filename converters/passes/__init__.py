@@ -22,6 +22,7 @@ from converters.passes import (  # noqa: F401
     erf,
     functions,
     hygiene,
+    intwiden,
     isinf,
     masks,
     minmax,

@@ -1,4 +1,4 @@
-"""Piecewise activations as Where selections: Selu, ThresholdedRelu, Shrink.
+"""Activations as elementwise builtins: Selu, ThresholdedRelu, Shrink as Where selections, Softsign.
 
 onnx2torch maps Selu only with PyTorch's fixed alpha/gamma ("alpha parameter must be
 1.6732631921768188, not 2.0" on ONNX's node test) and has no ThresholdedRelu or Shrink; ONNX ships
@@ -50,6 +50,17 @@ def _rule(op_type: str, rewrite) -> pattern.RewriteRule:
         rewrite,
         lambda _ctx, x, **_: is_float(x),
     )
+
+
+def _softsign(op, x, y):
+    # x / (1 + |x|): LiteRT has Softsign only as Flex
+    return op.Div(x, op.Add(const(op, 1.0, x.dtype), op.Abs(x)))
+
+
+@register("decompose-Softsign")
+def decompose_softsign(model: onnx.ModelProto) -> bool:
+    """Softsign -> x / (1 + |x|)."""
+    return apply_rules(model, [_rule("Softsign", _softsign)], {"Softsign"})
 
 
 @register("decompose-Selu")

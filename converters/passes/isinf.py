@@ -1,12 +1,14 @@
-"""decompose-IsInf: IsInf as comparisons with +-inf.
+"""decompose-IsInf: IsInf as comparisons beyond the largest finite value.
 
 coremltools has no converter for torch.isinf, and onnx2tf's lowering came out wrong in LiteRT
-(all false on ONNX's node test). x == +inf and x == -inf are exact in IEEE arithmetic (NaN
-compares false, as IsInf says); `detect_negative` / `detect_positive` pick the sides.
+(all false on ONNX's node test; so did `x == inf`: an infinite constant does not survive into the
+TFLite model intact). |x| > FLT_MAX holds exactly for +-inf in IEEE arithmetic (NaN compares
+false, as IsInf says), with a finite constant; `detect_negative` / `detect_positive` pick the sides.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnxscript.rewriter import pattern
 
@@ -16,12 +18,13 @@ from converters.passes.registry import register
 
 def _isinf(op, x, detect_negative: int = 1, detect_positive: int = 1):
     dt = x.dtype
+    big = float(np.finfo(dt.numpy()).max)
     if detect_negative and detect_positive:
-        return op.Equal(op.Abs(x), const(op, float("inf"), dt))
+        return op.Greater(op.Abs(x), const(op, big, dt))
     if detect_positive:
-        return op.Equal(x, const(op, float("inf"), dt))
+        return op.Greater(x, const(op, big, dt))
     if detect_negative:
-        return op.Equal(x, const(op, float("-inf"), dt))
+        return op.Less(x, const(op, -big, dt))
     return op.Less(x, const(op, float("-inf"), dt))  # nothing is below -inf: all false
 
 

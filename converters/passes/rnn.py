@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from converters.passes._rewrite import infer_shapes, opset_version
+from converters.passes.constants import fold_constants
 from converters.passes.registry import register
 
 # gate order in W / R / B, per the ONNX operator definitions
@@ -211,6 +212,10 @@ def unroll_recurrent(model: onnx.ModelProto) -> bool:
     g = model.graph
     if not any(n.op_type in _GATES and n.domain in ("", "ai.onnx") for n in g.node):
         return False
+    # the sequence length often comes through shape arithmetic (a CNN's width, transposed) that
+    # only constant folding makes static
+    folded = fold_constants(model)
+    g = model.graph
     typed = infer_shapes(model).graph
     info = {
         vi.name: vi.type.tensor_type for vi in list(typed.input) + list(typed.value_info) + list(typed.output)
@@ -240,4 +245,4 @@ def unroll_recurrent(model: onnx.ModelProto) -> bool:
         del g.node[:]
         g.node.extend(new_nodes)
         g.initializer.extend(inits)
-    return changed
+    return changed or folded

@@ -21,6 +21,7 @@ SPECIAL = np.array([-3, -1, -0.5, -0.0, 0, 0.2, 0.5, 0.7, 1, 2, np.nan, np.inf, 
         ("ThresholdedRelu", {"alpha": 0.6}),
         ("Shrink", {}),
         ("Shrink", {"bias": 1.5, "lambd": 0.6}),
+        ("Softsign", {}),
     ],
 )
 def test_activations(op: str, attrs: dict) -> None:
