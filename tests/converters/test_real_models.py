@@ -140,7 +140,6 @@ KNOWN_GAPS = {
     # unroll-recurrent needs a static sequence; this conversion asks Core ML for a flexible width
     # (32..640). At a pinned width it validates: test_crnn_coreml_at_a_pinned_width.
     ("crnn", "coreml"): "an LSTM over a flexible width cannot be unrolled (onnx2torch has no LSTM converter)",
-    ("encoder", "coreml"): "Core ML route fails on the encoder (Clip after pinning; see issue note)",
     ("encoder", "tflite-int8"): "onnx2tf's int8 calibrator cannot feed int64 token ids",
 }
 
