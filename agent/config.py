@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from agent import versions
 from agent.fallback import POLICIES
@@ -34,7 +34,11 @@ class AgentSection(Section):
     root: str = ""  # root.json the device was enrolled with (root of trust)
     enrolment: str = ""  # bundle dir from `edgekit fleet devices enroll` (agent.enrolment)
     formats: list[str] = Field(default_factory=lambda: ["onnx", "tflite"])  # artifact preference
-    threads: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0)  # onnxruntime intra-op threads (0: one per core); LiteRT threads
+    # runtime tuning (agent.models.RuntimeTuning): 0 = onnxruntime's default
+    inter_op_threads: int = Field(0, ge=0)
+    memory_arena: bool = True  # false: activation memory is returned after each run (less RSS)
+    warmup: bool = True  # one run on zeros before a model is served
     heartbeat_s: float = Field(30.0, gt=0)
     verify_on_start: bool = True
     labels: Labels = Field(default_factory=dict)  # the wire rules of the `online` message
@@ -118,11 +122,27 @@ def _version_policy(raw: Any) -> Any:
     return raw
 
 
+class BatchingSection(Section):
+    """[models.NAME] batching = {...}: the dynamic batcher (agent.batcher), for models with a batch axis."""
+
+    max_batch_size: int = Field(32, ge=1)  # samples per run
+    max_queue_delay_us: int = Field(500, ge=0)  # how long the oldest request may wait for company
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _valid(self) -> BatchingSection:
+        from agent.batcher import BatchingConfig  # its rules: one home for them
+
+        BatchingConfig(self.max_batch_size, self.max_queue_delay_us, tuple(self.preferred_batch_sizes))
+        return self
+
+
 class ModelSection(PolicySection):
     path: str | None = None  # a model shipped with the box, used until an update replaces it
     version: str | None = None
     # versions loaded side by side: {latest = N} | {specific = [...]} | "all" (agent.versions)
     version_policy: Annotated[str | dict[str, Any] | None, AfterValidator(_version_policy)] = None
+    batching: BatchingSection | None = None  # absent: every request runs on its own
 
 
 class AgentSettings(FileSettings):

@@ -6,6 +6,7 @@ server says ready and before MQTT delivers new manifests (the updater queue runs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -15,13 +16,15 @@ from typing import Any
 
 from agent import fallback as fb
 from agent import versions
+from agent.batcher import configs_from
 from agent.breaker import CircuitBreaker
 from agent.cloud import CloudClient
 from agent.config import file_problems, load_agent_config, read_root
 from agent.download_limits import DownloadLimits
 from agent.engine import Engine
+from agent.health_window import HealthWindow
 from agent.metrics import Metrics
-from agent.models import ModelRegistry
+from agent.models import ModelRegistry, RuntimeTuning, set_runtime_tuning
 from agent.server import ServerThread, build_app
 from agent.state import StateStore
 from agent.store import Entry, ModelStore
@@ -44,8 +47,10 @@ class Agent:
         self.device, self.fleet = a["device"], a["fleet"]
         data = Path(a["data_dir"])
         self.metrics = Metrics()
+        self._health: dict[str, Any] | None = None  # of the heartbeat being sent (edgekit.protocol.Health)
         self.store = ModelStore(data / "store")
         self.states = StateStore(data / "state")
+        set_runtime_tuning(RuntimeTuning.from_config(a))  # before any model is opened
         self.registry = ModelRegistry(versions.policies_from_config(cfg["models"]))
         self.started_at = time.monotonic()
         self._ready = threading.Event()
@@ -56,6 +61,7 @@ class Agent:
             policies={n: _policy(m, cfg["fallback"]) for n, m in cfg["models"].items()},
             default_policy=fb.Policy.from_dict(cfg["fallback"]),
             metrics=self.metrics,
+            batching=configs_from(cfg["models"]),
         )
         self.updater: Updater | None = None
         self.mqtt = None
@@ -164,13 +170,21 @@ class Agent:
 
     def _report(self, msg: dict[str, Any]) -> None:
         if self.mqtt is not None:
+            if msg.get("heartbeat") and self._health is not None:
+                msg = {**msg, "health": self._health}
             self.mqtt.publish_status(msg)
 
     def _heartbeat(self) -> None:
         period = float(self.cfg["agent"]["heartbeat_s"])
+        window = HealthWindow(self.metrics)  # the fleet's health gates judge rollouts by it
         while not self._stop.wait(period):
             if self.updater and self.mqtt and self.mqtt.connected.is_set():
-                self.updater.heartbeat()
+                health = window.sample({m.name: str(m.version) for m in self.registry.all()})
+                self._health = dataclasses.asdict(health) if health is not None else None
+                try:
+                    self.updater.heartbeat()  # reports through _report, in this thread
+                finally:
+                    self._health = None
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -6,13 +6,16 @@
 
 Synchronous and thread-safe: the server runs it in its thread pool, in-process callers call it
 directly (no event loop or HTTP on the hot path, so it costs about what session.run costs).
+A model with a `batching` config and a batch axis runs through its dynamic batcher
+(agent/batcher.py): the calling thread waits for its rows of the batch's outputs.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from agent import fallback as fb
+from agent.batcher import Batcher, BatchingConfig, Entry
 from agent.breaker import CLOSED
 from agent.cloud import HTTP_ERROR, CloudClient, CloudError
 from agent.metrics import Metrics
@@ -31,6 +35,14 @@ log = logging.getLogger(__name__)
 
 LOCAL = "local"
 CLOUD = "cloud"
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away: nobody reads it
+
+
+class Cancelled(OIPError):
+    """The request was cancelled (its client went away) before it ran: no fallback, no answer."""
+
+    def __init__(self) -> None:
+        super().__init__(CLIENT_CLOSED, "the client closed the request before it ran")
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Engine:
         policies: dict[str, fb.Policy] | None = None,
         default_policy: fb.Policy | None = None,
         metrics: Metrics | None = None,
+        batching: dict[str, BatchingConfig] | None = None,
     ):
         self.registry = registry or ModelRegistry()
         self.cloud = cloud
@@ -70,8 +83,14 @@ class Engine:
         # Only used for local deadlines: the waiting thread gives up, the worker finishes in the
         # background (a C++ session.run cannot be interrupted).
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgekit-local")
+        self.batching = dict(batching or {})
+        self._batchers: dict[str, Batcher] = {}
+        self._batchers_lock = threading.Lock()
+        self._unbatchable: set[str] = set()  # configured for batching, but no batch axis (warned once)
 
     def close(self) -> None:
+        for b in list(self._batchers.values()):
+            b.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.cloud:
             self.cloud.close()
@@ -100,6 +119,40 @@ class Engine:
         if result.fallback_reason:
             self.metrics.fallbacks.inc(name, result.fallback_reason)
         return result
+
+    def submit_local(
+        self, name: str, feeds: dict[str, np.ndarray], version: str | None, timing: Timing
+    ) -> tuple[LoadedModel, Future] | None:
+        """Queue a request for a batched model that never calls the cloud, without waiting: the
+        server's event loop awaits the future, then calls `local_done`. None when `name` is not
+        such a model (use `infer`)."""
+        try:
+            model = self.local_model(name, version)
+            if model is None or not self.never_remote(name):
+                return None
+            batcher = self.batcher(model)
+            if batcher is None:
+                return None
+            self._check(model, feeds, timing)
+            return model, self._submit(batcher, model, feeds, timing)
+        except OIPError as e:
+            self.metrics.requests.inc(name, "none", f"error_{e.status}")
+            raise
+
+    def local_done(self, model: LoadedModel, future: Future, started: float) -> InferResult:
+        """The answer to a request `submit_local` queued (its future is done), counted as
+        `infer` counts a local answer."""
+        try:
+            outputs = self._result(future)
+        except OIPError as e:
+            self.metrics.requests.inc(model.name, "none", f"error_{e.status}")
+            raise
+        except Exception as e:
+            self.metrics.requests.inc(model.name, "none", "error_500")
+            raise OIPError(500, f"local inference failed: {e}") from e
+        self.metrics.requests.inc(model.name, LOCAL, "ok")
+        self.metrics.latency.observe(model.name, LOCAL, value=time.perf_counter() - started)
+        return self._local_result(model, outputs, None)
 
     def local_model(self, name: str, version: str | None) -> LoadedModel | None:
         """The local model a request for (name, version) would run, or OIPError(404) for a version
@@ -133,8 +186,73 @@ class Engine:
             raise
         timing.input_ns += int((time.perf_counter() - t0) * 1e9)
 
+    def batcher(self, model: LoadedModel) -> Batcher | None:
+        """The dynamic batcher `model` runs through, or None (not configured, or no batch axis)."""
+        b = self._batchers.get(model.name)
+        if b is not None or model.name not in self.batching:
+            return b if b is not None and model.has_batch_axis else None
+        if not model.has_batch_axis:
+            if model.name not in self._unbatchable:
+                self._unbatchable.add(model.name)
+                log.warning(
+                    "model %s has no batch axis (a dynamic leading dim on every input and "
+                    "output): served unbatched",
+                    model.name,
+                )
+            return None
+        with self._batchers_lock:
+            b = self._batchers.get(model.name)
+            if b is None:
+                cfg = self.batching[model.name]
+                b = self._batchers[model.name] = Batcher(
+                    model.name, cfg, self._batch_done, self._batch_failed
+                )
+        return b
+
+    def _submit(
+        self,
+        batcher: Batcher,
+        model: LoadedModel,
+        feeds: dict[str, np.ndarray],
+        timing: Timing,
+        deadline: float | None = None,
+    ) -> Future:
+        future = batcher.submit(model, feeds, timing, deadline)
+        timing.attach(future)
+        return future
+
+    @staticmethod
+    def _result(future: Future, timeout: float | None = None) -> dict[str, np.ndarray]:
+        try:
+            return future.result(timeout)
+        except CancelledError:
+            raise Cancelled() from None
+
+    def _batch_done(self, entries: list[Entry], started: float, seconds: float) -> None:
+        """A batch answered: per request its queue time and the batch's compute time (Triton:
+        one execution, one inference per request)."""
+        model = entries[0].model
+        key = (model.name, model.version)
+        requests = []
+        for e in entries:
+            queue = max(0.0, started - e.timing.received - e.timing.input_ns / 1e9)
+            self.metrics.queue_time.observe(*key, value=queue)
+            self.metrics.compute_time.observe(*key, value=seconds)
+            requests.append((int(queue * 1e9), e.timing.input_ns))
+        samples = sum(e.samples for e in entries)
+        self.metrics.version_success.inc(*key, amount=len(entries))
+        self.metrics.batch_size.observe(*key, value=samples)
+        self.stats.batch(*key, requests, infer_ns=int(seconds * 1e9), size=samples)
+
+    def _batch_failed(self, entries: list[Entry], error: BaseException) -> None:
+        for e in entries:
+            self._failed(e.model, e.timing)
+
     def _run(self, model: LoadedModel, feeds: dict[str, np.ndarray], timing: Timing) -> dict[str, np.ndarray]:
         """One local run, with its queue and compute time recorded apart."""
+        batcher = self.batcher(model)
+        if batcher is not None:  # the batch's accounting is done by _batch_done/_batch_failed
+            return self._result(self._submit(batcher, model, feeds, timing))
         t0 = time.perf_counter()
         try:
             outputs = model.run(feeds)
@@ -142,6 +260,7 @@ class Engine:
             self._failed(model, timing)
             raise
         compute = time.perf_counter() - t0
+        model.last_compute_s = compute
         queue = max(0.0, t0 - timing.received - timing.input_ns / 1e9)
         key = (model.name, model.version)
         self.metrics.version_success.inc(*key)
@@ -212,19 +331,30 @@ class Engine:
         # A malformed request is the client's error: the cloud would refuse it too.
         self._check(model, feeds, timing)
         future = None
+        batcher = self.batcher(model)
         try:
             if pol.local_deadline_ms:
-                future = self._pool.submit(self._run, model, feeds, timing)
-                outputs = future.result(timeout=pol.local_deadline_ms / 1000)
+                limit = pol.local_deadline_ms / 1000
+                if batcher is not None:  # the deadline counts from the request's arrival
+                    future = self._submit(batcher, model, feeds, timing, timing.received + limit)
+                    limit = max(0.0, timing.received + limit - time.perf_counter())
+                else:
+                    future = self._pool.submit(self._run, model, feeds, timing)
+                outputs = self._result(future, limit)
             else:
                 outputs = self._run(model, feeds, timing)
         except FutureTimeout:
+            assert future is not None
+            # Still queued for a batch: drop it there, the cloud answers instead.
+            dropped = batcher is not None and future.cancel()
             try:
                 return self._cloud(name, feeds, pol, fb.DEADLINE)
             except CloudError as e:
                 # The cloud cannot help either: the late local answer beats no answer.
-                assert future is not None
-                return self._local_result(model, future.result(), fb.DEADLINE, e.message)
+                late = self._run(model, feeds, timing) if dropped else self._result(future)
+                return self._local_result(model, late, fb.DEADLINE, e.message)
+        except Cancelled:
+            raise
         except Exception as e:
             log.warning("local inference of %s failed: %s", name, e)
             return self._cloud_or_503(name, feeds, pol, fb.LOCAL_ERROR, f"local inference failed: {e}")
@@ -257,9 +387,16 @@ class Engine:
             self._check(model, feeds, timing)
             try:
                 outputs = self._run(model, feeds, timing)
+            except Cancelled:
+                raise
             except Exception as le:
                 raise OIPError(503, f"cloud unavailable ({e.message}); local inference failed: {le}") from le
             return self._local_result(model, outputs, e.kind)
+
+    def never_remote(self, name: str) -> bool:
+        """Requests for `name` can never call the cloud (so never block on the network)."""
+        pol = self.policy(name)
+        return pol.mode == fb.LOCAL_ONLY or (pol.mode == fb.LOCAL_FIRST and self.cloud is None)
 
     # model metadata for the server ------------------------------------------------------------
     def knows(self, name: str) -> bool:

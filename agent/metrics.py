@@ -11,9 +11,11 @@ need not know which child object prometheus_client keeps per label set.
 
 Per model version (local executions only: what the cloud ran is counted by `requests` with
 served_by="cloud"): requests, successes, failures, and the queue time (request received until its
-local run starts: waiting for a worker thread, decoding, validation) apart from the compute time
-(the runtime's run). `edgekit_agent_model_info` is read from the model registry at each scrape, so
-an unloaded version disappears from it with no bookkeeping.
+local run starts, less its decoding: waiting for a worker thread and in the batch queue) apart from
+the compute time (the runtime's run; for a batched request, its batch's run: agent/batcher.py),
+and the samples per batched run (`edgekit_agent_batch_size`). `edgekit_agent_model_info` is read
+from the model registry at each scrape, so an unloaded version disappears from it with no
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from prometheus_client.exposition import choose_encoder
 
 from agent import __version__
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -196,15 +199,22 @@ class Metrics:
         )
         self.queue_time = Histogram(
             "edgekit_agent_queue_seconds",
-            "From request received until its local run starts (worker wait, decoding, validation).",
+            "From request received until its local run starts, less decoding (worker wait, batch queue).",
             per_version,
             reg,
         )
         self.compute_time = Histogram(
             "edgekit_agent_compute_seconds",
-            "The runtime's run of one request.",
+            "The runtime's run of one request (of its batch, when batched).",
             per_version,
             reg,
+        )
+        self.batch_size = Histogram(
+            "edgekit_agent_batch_size",
+            "Samples per run of a dynamically batched model version.",
+            per_version,
+            reg,
+            buckets=BATCH_BUCKETS,
         )
         self._model_info = _ModelInfo()
         reg.register(self._model_info)

@@ -7,17 +7,22 @@ request; the old runtime is freed when its last request drops the reference.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent import versions
+from agent.batcher import has_batch_axis
 from agent.oip import OIPError, datatype_of
 from agent.versions import VersionPolicy
 from edgekit.modelcard import ModelCard, TensorSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +36,10 @@ class LoadedModel:
     loaded_at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None  # kept so `load` can reopen the same file the same way
+    # the last local run's seconds (the warm-up's at first): the server runs a fast model's
+    # requests on its event loop instead of paying a thread hop (agent/server.py), and the
+    # batcher stops waiting for company when only this much is left before a deadline
+    last_compute_s: float | None = None
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -39,6 +48,14 @@ class LoadedModel:
     @property
     def outputs(self) -> list[TensorSpec]:
         return self.runtime.outputs
+
+    @cached_property
+    def has_batch_axis(self) -> bool:
+        """Requests can be batched on axis 0 (agent/batcher.py): read from the card when there is
+        one (the user's shapes), else from the runtime's."""
+        if self.card is not None and self.card.inputs and self.card.outputs:
+            return has_batch_axis(self.card.inputs, self.card.outputs)
+        return has_batch_axis(self.inputs, self.outputs)
 
     @property
     def is_classifier(self) -> bool:
@@ -82,6 +99,41 @@ class LoadedModel:
         }
 
 
+@dataclass(frozen=True)
+class RuntimeTuning:
+    """How models are opened on this box ([agent] keys): onnxruntime's thread pools and memory
+    arena, and a warm-up run before a model is served."""
+
+    intra_op_threads: int | None = None  # None: one per core (onnxruntime), 1 (LiteRT)
+    inter_op_threads: int | None = None
+    memory_arena: bool = True
+    warmup: bool = True
+
+    @classmethod
+    def from_config(cls, agent: dict[str, Any]) -> RuntimeTuning:
+        """From the [agent] section (0 threads = the runtime's default)."""
+        return cls(
+            int(agent.get("threads") or 0) or None,
+            int(agent.get("inter_op_threads") or 0) or None,
+            bool(agent.get("memory_arena", True)),
+            bool(agent.get("warmup", True)),
+        )
+
+
+# One agent per process, and every path that opens a model (the daemon, the updater, `load`)
+# must open it the same way: the tuning is the process's, set once at start.
+_tuning = RuntimeTuning()
+
+
+def set_runtime_tuning(tuning: RuntimeTuning) -> None:
+    global _tuning
+    _tuning = tuning
+
+
+def runtime_tuning() -> RuntimeTuning:
+    return _tuning
+
+
 def load_model(
     name: str,
     path: str | Path,
@@ -90,15 +142,44 @@ def load_model(
     card: ModelCard | None = None,
     sha256: str | None = None,
     threads: int | None = None,
+    tuning: RuntimeTuning | None = None,
 ) -> LoadedModel:
+    """Open a model file; with warm-up (the default) run it once on zeros before returning, so
+    the first request does not pay for onnxruntime's lazy allocations and the server knows
+    how long a run takes."""
     import time
 
     from targets.runtimes.base import open_runtime
 
+    t = tuning or _tuning
+    threads = threads or t.intra_op_threads
     runtime = open_runtime(
-        path, threads=threads, output_names=[o.name for o in card.outputs] if card else None
+        path,
+        threads=threads,
+        output_names=[o.name for o in card.outputs] if card else None,
+        inter_op_threads=t.inter_op_threads,
+        memory_arena=t.memory_arena,
     )
-    return LoadedModel(name, str(version), runtime, Path(path), sha256, card, time.time(), threads=threads)
+    model = LoadedModel(name, str(version), runtime, Path(path), sha256, card, time.time(), threads=threads)
+    if t.warmup:
+        warm_up(model)
+    return model
+
+
+def warm_up(model: LoadedModel) -> None:
+    """One run on zeros of the card's shapes (dynamic dims 1). A model that refuses them (a
+    dynamic dim that must be larger) is served all the same: warm-up is an optimization."""
+    import time
+
+    specs = model.card.inputs if model.card is not None and model.card.inputs else model.inputs
+    try:
+        feeds = {s.name: np.zeros(s.fixed_shape(1), dtype=np.dtype(s.dtype)) for s in specs}
+        t0 = time.perf_counter()
+        model.run(feeds)
+    except Exception as e:
+        log.debug("warm-up of %s %s on zeros failed (served all the same): %s", model.name, model.version, e)
+        return
+    model.last_compute_s = time.perf_counter() - t0
 
 
 class ModelRegistry:

@@ -217,7 +217,7 @@ def _append_tensor(
     if arr.dtype.kind == "O":  # BYTES: the classification extension's strings
         _append_bytes(items, blobs, name, arr, binary)
         return
-    item: dict[str, Any] = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
+    item: dict[str, Any] = {"name": name, "datatype": _datatype(arr.dtype), "shape": list(arr.shape)}
     if binary:
         raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
         item["parameters"] = {"binary_data_size": len(raw)}
@@ -225,6 +225,16 @@ def _append_tensor(
     else:
         item["data"] = to_json_list(arr)
     items.append(item)
+
+
+_DATATYPES: dict[np.dtype, str] = {}  # dtype.name is a slow numpy property: once per dtype
+
+
+def _datatype(dtype: np.dtype) -> str:
+    found = _DATATYPES.get(dtype)
+    if found is None:
+        found = _DATATYPES[dtype] = datatype_of(dtype)
+    return found
 
 
 def _append_bytes(

@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 
 from agent import fallback as fb
+from agent.batcher import BatchingConfig
 from agent.config import DEFAULTS, admin_token
 from agent.engine import Engine
-from agent.models import ModelRegistry, load_model
-from agent.server import build_app
+from agent.models import ModelRegistry, RuntimeTuning, load_model, set_runtime_tuning
+from agent.server import build_app, http_protocol
 from agent.versions import ALL
 from edgekit.config import load_config
 from edgekit.errors import ConfigError
@@ -34,10 +35,15 @@ def _card_for(path: Path) -> ModelCard | None:
 
 
 def build_engine(
-    paths: list[Path], names: list[str] | None, version: str | list[str], threads: int | None
+    paths: list[Path],
+    names: list[str] | None,
+    version: str | list[str],
+    threads: int | None,
+    batching: BatchingConfig | None = None,
 ) -> Engine:
     """An engine serving `paths`. Files given the same name are versions of one model, all loaded
-    side by side; the last one listed is the active version (what an unversioned request gets)."""
+    side by side; the last one listed is the active version (what an unversioned request gets).
+    With `batching`, every model with a batch axis is dynamically batched."""
     if names and len(names) != len(paths):
         raise ConfigError(f"{len(names)} --name for {len(paths)} model files")
     versions = [version] if isinstance(version, str) else list(version)
@@ -60,7 +66,8 @@ def build_engine(
         seen.add((name, versions[i]))
         registry.set_policy(name, ALL)  # every file given on the command line is served
         registry.put(load_model(name, p, versions[i], card=_card_for(Path(p)), threads=threads))
-    return Engine(registry, default_policy=fb.Policy(mode=fb.LOCAL_ONLY))
+    configs = {n: batching for n in registry.names()} if batching else None
+    return Engine(registry, default_policy=fb.Policy(mode=fb.LOCAL_ONLY), batching=configs)
 
 
 def _admin_token_from_env() -> str | None:
@@ -101,17 +108,23 @@ def serve_files(
     version: str | list[str] = "1",
     threads: int | None = None,
     max_body: int,
+    batching: BatchingConfig | None = None,
+    tuning: RuntimeTuning | None = None,
 ) -> None:
     import uvicorn
 
     sock = bind(host, port)
     try:
-        engine = build_engine(paths, names, version, threads)
+        if tuning is not None:
+            set_runtime_tuning(tuning)
+        engine = build_engine(paths, names, version, threads, batching)
         app = build_app(
             engine, max_body=max_body, admin_token=_admin_token_from_env(), server_name=SERVER_NAME
         )
         print(f"{SERVER_NAME}: {', '.join(engine.registry.names())} on http://{host}:{port}", flush=True)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", http=http_protocol()
+        )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -29,10 +29,40 @@ def serve(
         "of one model, loaded side by side; the last one listed answers unversioned requests).",
     ),
     threads: int = typer.Option(0, "--threads", help="Runtime intra-op threads (0 = runtime default)."),
+    inter_op_threads: int = typer.Option(
+        0,
+        "--inter-op-threads",
+        help="onnxruntime inter-op threads (0 = default; >1 runs branches in parallel).",
+    ),
+    memory_arena: bool = typer.Option(
+        True, "--memory-arena/--no-memory-arena", help="onnxruntime's CPU memory arena."
+    ),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One run on zeros before serving."),
+    max_batch_size: int = typer.Option(
+        0,
+        "--max-batch-size",
+        help="Dynamic batching: samples per run for models with a batch axis (0 = off).",
+    ),
+    max_queue_delay_us: int = typer.Option(
+        500, "--max-queue-delay-us", help="Dynamic batching: how long a request may wait for others."
+    ),
+    preferred_batch_size: list[int] = typer.Option(
+        None, "--preferred-batch-size", help="Dynamic batching: a preferred batch size (repeatable)."
+    ),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Larger requests get 413."),
 ) -> None:
     """Serve model files over the Open Inference Protocol (KServe V2 REST), e.g. as the cloud endpoint."""
+    from agent.batcher import BatchingConfig
+    from agent.models import RuntimeTuning
     from agent.serve import serve_files
+    from edgekit.errors import ConfigError
+
+    batching = None
+    if max_batch_size:
+        try:
+            batching = BatchingConfig(max_batch_size, max_queue_delay_us, tuple(preferred_batch_size or ()))
+        except ValueError as e:
+            raise ConfigError(f"batching: {e}") from None
 
     serve_files(
         model,
@@ -42,6 +72,8 @@ def serve(
         version=model_version,
         threads=threads or None,
         max_body=int(max_body_mb * (1 << 20)),
+        batching=batching,
+        tuning=RuntimeTuning(threads or None, inter_op_threads or None, memory_arena, warmup),
     )
 
 

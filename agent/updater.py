@@ -149,6 +149,7 @@ class Updater:
         self.busy = threading.Event()
         # Set to stop the current job's download: by a newer manifest (submit) or by stop().
         self._job_cancel: threading.Event | None = None
+        self._inflight: bytes | None = None  # the manifest the worker is handling
         self._stopping = False
         # model -> (sequence, "used" | "fallback:<reason>") of the update that offered a delta
         self._delta_outcome: dict[str, tuple[int | None, str]] = {}
@@ -183,10 +184,15 @@ class Updater:
         if not payload:
             return False
         try:
-            self.verifier.verify(payload)
+            m = self.verifier.verify(payload)
         except Exception:  # any refusal (named or not) is the worker's to report, not ours
             return False
-        return True
+        # The worker accepts a manifest (raising the verifier's floor) only after it dequeued it:
+        # a copy of that same manifest redelivered in between (retained + queued session copy)
+        # still verifies here, and must not cancel the update it is about to start.
+        inflight = _claimed(self._inflight) if self._inflight else {}
+        seq = inflight.get("sequence")
+        return not (isinstance(seq, int) and m.sequence <= seq)
 
     def submit_roots(self, payload: bytes) -> None:
         self._queue.put(("roots", payload))
@@ -201,6 +207,7 @@ class Updater:
                 if item is None:
                     return
                 kind, payload = item
+                self._inflight = payload if kind == "manifest" else None
                 self._job_cancel = threading.Event()
                 if self._stopping:
                     self._job_cancel.set()
@@ -217,6 +224,7 @@ class Updater:
                 log.exception("update worker error")
             finally:
                 self._job_cancel = None
+                self._inflight = None
                 self.busy.clear()
                 self._queue.task_done()
 

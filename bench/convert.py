@@ -161,7 +161,9 @@ def raw_tool_seconds(target: str, m: dict, tmp: Path, manager) -> float:
         quantize_static(
             str(tmp / "raw-pre.onnx"),
             str(tmp / "raw-int8.onnx"),
-            DatasetReader(Dataset({"input": npz["input"][:, None]}, None, None)),  # rows -> samples of batch 1
+            DatasetReader(
+                Dataset({"input": npz["input"][:, None]}, None, None)
+            ),  # rows -> samples of batch 1
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,

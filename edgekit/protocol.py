@@ -11,6 +11,10 @@ status (device -> server, QoS 1, JSON object):
   `delta` (optional, omitted when absent) says how the update's bytes arrived when the manifest
   offered a binary delta: "used", or "fallback:<reason>" (missing_base, bad_delta,
   sha256_mismatch, size_mismatch, a download reason, ...) when the full artifact was fetched instead.
+  `health` (optional, omitted when absent) is what the device served over its last window, per
+  model version: {"window_s": 30, "models": [{"model": "digits", "version": "1.2.0",
+  "requests": 120, "errors": 0, "fallbacks": 3, "p95_ms": 4.2 | null}]}. The fleet's health
+  gates (fleet.gates) judge a rollout's waves by it.
 
 online (device -> server, retained, QoS 1):
     {"device": "dev-1", "online": true, "labels": {...}, "agent_version": "0.1.0", "ts": "..."}
@@ -58,6 +62,7 @@ MAX_SEQUENCE = 2**63 - 1
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 16  # the schema nests 2 levels; the rest is room for forward-compatible extra keys
 MAX_LABELS = 64
+MAX_HEALTH_MODELS = 32  # model versions in one health report
 
 # Named refusals (ProtocolError.reason): logs, counters and tests use these strings.
 TOO_LARGE, TOO_DEEP, NOT_JSON = boundedjson.TOO_LARGE, boundedjson.TOO_DEEP, boundedjson.NOT_JSON
@@ -101,6 +106,28 @@ def _now() -> str:
     return iso(utcnow())
 
 
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_SEQUENCE)]
+Millis = Annotated[float, Field(ge=0, le=86_400_000, allow_inf_nan=False)]
+
+
+@dataclass(config=_WIRE)
+class VersionHealth:
+    """What one model version served over the window (errors and fallbacks are among `requests`)."""
+
+    model: Name
+    version: Name
+    requests: Count = 0
+    errors: Count = 0
+    fallbacks: Count = 0
+    p95_ms: Millis | None = None  # None: no request was answered locally in the window
+
+
+@dataclass(config=_WIRE)
+class Health:
+    window_s: Annotated[float, Field(gt=0, le=86_400, allow_inf_nan=False)]
+    models: Annotated[list[VersionHealth], Field(max_length=MAX_HEALTH_MODELS)] = field(default_factory=list)
+
+
 @dataclass(config=_WIRE)
 class Status:
     device: DeviceId
@@ -113,11 +140,13 @@ class Status:
     labels: Labels = field(default_factory=dict)
     ts: Timestamp = field(default_factory=_now)
     delta: Name | None = None
+    health: Health | None = None
 
     def to_json(self) -> bytes:
         doc = asdict(self)
-        if doc["delta"] is None:  # optional, added later: absent rather than null
-            del doc["delta"]
+        for optional in ("delta", "health"):  # added later: absent rather than null
+            if doc[optional] is None:
+                del doc[optional]
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod

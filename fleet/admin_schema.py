@@ -7,11 +7,12 @@ own words, the schema only bounds types and sizes.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.protocol import DeviceId, Labels, Name
+from fleet.gates import MAX_GATES
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_BODY_DEPTH = 8
@@ -33,3 +34,7 @@ class RolloutRequest(BaseModel):
     max_failure_rate: Fraction = 0.05
     device_timeout: Annotated[float, Field(gt=0, le=30 * 86400, allow_inf_nan=False)] = 900.0
     devices: Annotated[list[DeviceId], Field(max_length=MAX_DEVICES)] | None = None
+    # health gates: fleet.gates parses each "metric<=value" and names a bad one
+    gates: Annotated[list[Annotated[Name, Field(max_length=80)]], Field(max_length=MAX_GATES)] = []
+    bake: Annotated[float, Field(ge=0, le=30 * 86400, allow_inf_nan=False)] = 0.0
+    on_breach: Literal["pause", "abort"] = "abort"

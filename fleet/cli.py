@@ -437,6 +437,7 @@ def rollout_table(st: dict[str, Any]) -> Any:
     """Per-wave counts of a rollout status (the admin API's JSON) as a rich Table."""
     from rich.table import Table
 
+    from fleet.gates import parse_gate
     from fleet.rollouts import COUNT_KEYS
 
     keys = ("devices", *COUNT_KEYS)
@@ -445,10 +446,24 @@ def rollout_table(st: dict[str, Any]) -> Any:
         + (f" ({st['reason']})" if st["reason"] else "")
         + f", wave {st['current_wave']}/{len(st['waves'])}"
     )
-    t = Table("wave", "%", *keys, title=title)
+    gates = st.get("gates") or []
+    if gates:
+        title += f"\ngates {', '.join(gates)}, bake {st.get('bake', 0):g}s, on breach {st.get('on_breach')}"
+    metrics = list(dict.fromkeys(parse_gate(g).metric for g in gates))  # in gate order
+
+    def gate_cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3g}"
+
+    t = Table("wave", "%", *keys, *metrics, title=title)
     for w in st["waves"]:
-        t.add_row(str(w["wave"]), f"{w['percent']:g}", *(str(w[k]) for k in keys))
-    t.add_row("all", "", *(str(st["totals"][k]) for k in keys))
+        values = w.get("gates") or {}
+        t.add_row(
+            str(w["wave"]),
+            f"{w['percent']:g}",
+            *(str(w[k]) for k in keys),
+            *(gate_cell(values.get(m)) for m in metrics),
+        )
+    t.add_row("all", "", *(str(st["totals"][k]) for k in keys), *("" for _ in metrics))
     return t
 
 
@@ -472,19 +487,32 @@ def rollout_start(
         "15m", help="A device silent this long counts as failed (30s, 15m, 1h)."
     ),
     devices_: str = typer.Option("", "--devices", help="Comma-separated device ids (with the selector)."),
+    gate: list[str] = typer.Option(
+        [],
+        "--gate",
+        help="Health gate on device metrics, repeatable: latency_p95_ratio<=1.2, error_rate<=0.01, "
+        "fallback_rate<=0.05, smoke_failure_rate<=0.",
+    ),
+    bake: str = typer.Option("0s", help="Time a wave must stay within its gates before the next (10m)."),
+    on_breach: str = typer.Option("abort", help="What a gate breach does: abort (and roll back) or pause."),
     config: Path | None = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Start a staged rollout of MODEL VERSION."""
     from fleet.devices import parse_selector
     from fleet.errors import FleetError
+    from fleet.gates import ON_BREACH, parse_gates
     from fleet.rollouts import parse_duration
 
     try:
         wave_list = [float(w) for w in waves.split(",") if w.strip()]
         timeout = parse_duration(device_timeout)
+        bake_s = parse_duration(bake)
     except ValueError as e:
-        raise FleetError(f"invalid --waves or --device-timeout: {e}") from e
+        raise FleetError(f"invalid --waves, --device-timeout or --bake: {e}") from e
+    gates = [str(g) for g in parse_gates(gate)]  # refused here, before anything starts
+    if on_breach not in ON_BREACH:
+        raise FleetError(f"--on-breach must be one of {', '.join(ON_BREACH)}")
     st = _client(config).post(
         "/api/rollouts",
         {
@@ -496,8 +524,16 @@ def rollout_start(
             "max_failure_rate": max_failure_rate,
             "device_timeout": timeout,
             "devices": [d for d in devices_.split(",") if d] or None,
+            "gates": gates,
+            "bake": bake_s,
+            "on_breach": on_breach,
         },
     )
+    if gates and st.get("gates") != gates:  # a server older than health gates ignores them
+        raise FleetError(
+            f"the server started rollout {st.get('id')} without health gates (it predates them)",
+            hint=f"abort it: edgekit fleet rollout abort {st.get('id')}",
+        )
     _print_json(st) if as_json else _print_rollout(st)
 
 

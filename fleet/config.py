@@ -67,6 +67,8 @@ class ServerSection(Section):
     # replicas on one PostgreSQL: the leader (tick, outbox, device reports) is replaced this fast
     lease_seconds: float = Field(10.0, gt=0)
     replica_id: str = ""  # unique per replica; empty: <host>:<admin port>:<state_dir>
+    # offer binary deltas against the blob devices run (fleet.deltas); false: full artifacts only
+    deltas: bool = True
 
 
 class BrokerSection(Section):

@@ -6,7 +6,10 @@ carries out the answer; every rule of the staged rollout lives here, testable wi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from fleet.gates import ABORT, PAUSE, Gate, first_breach
 
 RUNNING, PAUSED = "running", "paused"
 
@@ -21,6 +24,10 @@ class Rollout:
     max_failure_rate: float
     paused_at: float | None = None
     max_pause: float = 7 * 86400
+    gates: tuple[Gate, ...] = ()
+    bake: float = 0.0  # seconds a wave must stay healthy before the next one (or completion)
+    on_breach: str = ABORT  # pause | abort
+    bake_started: float | None = None  # when the current wave met its success rule
 
     @property
     def last_wave(self) -> int:
@@ -46,6 +53,16 @@ class Advance:
 
 
 @dataclass(frozen=True)
+class StartBake:
+    """The current wave met its success rule: its bake time starts now."""
+
+
+@dataclass(frozen=True)
+class Pause:
+    reason: str
+
+
+@dataclass(frozen=True)
 class Complete:
     reason: str
 
@@ -60,11 +77,16 @@ class Cancel:
     reason: str
 
 
-Decision = Advance | Complete | Abort | Cancel
+Decision = Advance | StartBake | Pause | Complete | Abort | Cancel
 
 
-def decide(rollout: Rollout, counts: Counts, now: float) -> Decision | None:
-    """The next step of an open rollout, or None to wait."""
+def decide(
+    rollout: Rollout, counts: Counts, now: float, health: Mapping[str, float | None] | None = None
+) -> Decision | None:
+    """The next step of an open rollout, or None to wait. `health` holds the gate metrics
+    (fleet.gates.metrics) of the devices dispatched so far; a gate is judged at any time while
+    running, and a wave with gates or a bake time advances only `bake` seconds after it met
+    its success rule."""
     r, n = rollout, counts
     if r.state == PAUSED and now - (r.paused_at if r.paused_at is not None else now) > r.max_pause:
         return Cancel("paused too long")
@@ -81,13 +103,21 @@ def decide(rollout: Rollout, counts: Counts, now: float) -> Decision | None:
         return Abort(f"failure rate {failed}/{n.dispatched} above {r.max_failure_rate:.0%}")
     if r.state == PAUSED:
         return None
+    breach = first_breach(r.gates, health or {})
+    if breach:
+        return Pause(breach) if r.on_breach == PAUSE else Abort(breach)
     if n.active / n.dispatched >= r.success_threshold:
+        if r.wave == r.last_wave and n.waiting:
+            return None
+        if r.gates or r.bake > 0:
+            if r.bake_started is None:
+                return StartBake()
+            if now - r.bake_started < r.bake:
+                return None
         if r.wave < r.last_wave:
             return Advance()
-        if n.waiting == 0:
-            refused = f", {n.refused} refused" if n.refused else ""
-            return Complete(f"{n.active}/{n.dispatched} active{refused}")
-        return None
+        refused = f", {n.refused} refused" if n.refused else ""
+        return Complete(f"{n.active}/{n.dispatched} active{refused}")
     if n.waiting == 0:
         where = "" if r.wave == r.last_wave else f" in wave {r.wave + 1}"
         return Abort(f"success {n.active}/{n.dispatched} below {r.success_threshold:.0%}{where}")

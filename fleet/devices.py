@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from edgekit import topics
-from edgekit.protocol import Online, Status
+from edgekit.protocol import Health, Online, Status
 from fleet.db import BaseDatabase
 from fleet.dialect import Conn, Row
 
@@ -62,6 +62,27 @@ def record_status(c: Conn, msg: Status, now: float) -> None:
             msg.device,
         ),
     )
+    if msg.health is not None and msg.health.models:
+        record_health(c, msg.device, msg.health, now)
+
+
+HEALTH_KEEP_S = 30 * 86400  # a version's report older than this is no device's baseline any more
+
+
+def record_health(c: Conn, device: str, health: Health, now: float) -> None:
+    """The latest report per (device, model, version); a version the device no longer serves
+    keeps its last report (its latency baseline for the health gates of the next rollout)."""
+    c.executemany(
+        "INSERT INTO device_health (device, model, version, window_s, requests, errors, fallbacks, p95_ms,"
+        " updated) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (device, model, version) DO UPDATE SET"
+        " window_s=excluded.window_s, requests=excluded.requests, errors=excluded.errors,"
+        " fallbacks=excluded.fallbacks, p95_ms=excluded.p95_ms, updated=excluded.updated",
+        (
+            (device, h.model, h.version, health.window_s, h.requests, h.errors, h.fallbacks, h.p95_ms, now)
+            for h in health.models
+        ),
+    )
+    c.execute("DELETE FROM device_health WHERE device=? AND updated < ?", (device, now - HEALTH_KEEP_S))
 
 
 def parse_selector(text: str | None) -> dict[str, str]:

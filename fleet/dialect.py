@@ -25,6 +25,9 @@ class Dialect:
     label_match: str
     is_same: str  # NULL-safe equality: `a {is_same} b`
     epoch_now: str  # the database's clock as Unix seconds (one clock for every replica)
+    # appended to a SELECT that locks the rows it reads for the transaction ("" where the whole
+    # database has one writer at a time, as SQLite does)
+    for_update: str
 
 
 SQLITE = Dialect(
@@ -37,6 +40,7 @@ SQLITE = Dialect(
     ),
     is_same="IS",
     epoch_now="((julianday('now') - 2440587.5) * 86400.0)",
+    for_update="",
 )
 
 POSTGRES = Dialect(
@@ -47,6 +51,7 @@ POSTGRES = Dialect(
     label_match="(d.labels::jsonb -> ?::text) = to_jsonb(?::text)",
     is_same="IS NOT DISTINCT FROM",
     epoch_now="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
+    for_update=" FOR UPDATE",
 )
 
 

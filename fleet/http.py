@@ -136,6 +136,9 @@ def admin_app(server: FleetServer) -> Starlette:
             req.max_failure_rate,
             req.device_timeout,
             req.devices,
+            req.gates,
+            req.bake,
+            req.on_breach,
         )
         server.kick()
         return server.engine.status(rid)

@@ -18,6 +18,7 @@ from typing import Any
 from edgekit.protocol import MAX_SEQUENCE
 from fleet import decide
 from fleet.dialect import Conn, Row
+from fleet.gates import ABORT, Gate, MemberHealth, parse_gates
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -40,6 +41,10 @@ class RolloutRow:
     created: float
     paused_at: float | None
     ended: float | None
+    gates: tuple[Gate, ...] = ()
+    bake: float = 0.0
+    on_breach: str = ABORT
+    bake_started: float | None = None
 
     def view(self, max_pause: float) -> decide.Rollout:
         """What fleet.decide needs of it."""
@@ -52,6 +57,10 @@ class RolloutRow:
             self.max_failure_rate,
             self.paused_at,
             max_pause,
+            self.gates,
+            self.bake,
+            self.on_breach,
+            self.bake_started,
         )
 
 
@@ -93,6 +102,10 @@ def _rollout(r: Row) -> RolloutRow:
         r["created"],
         r["paused_at"],
         r["ended"],
+        parse_gates(json.loads(r["gates"])),
+        r["bake"],
+        r["on_breach"],
+        r["bake_started"],
     )
 
 
@@ -115,11 +128,18 @@ def assign_sequences(c: Conn, devices: Iterable[str]) -> dict[str, int]:
     was sent and all it reported. A device whose next sequence would pass MAX_SEQUENCE is left
     out (the comparison is made before adding, so nothing ever overflows)."""
     d = c.dialect
+    ids = sorted(set(devices))
+    # Lock the rows in one order first: two replicas updating overlapping device sets would
+    # otherwise lock them in whatever order each UPDATE visits them, and deadlock (PostgreSQL).
+    if d.for_update:
+        c.execute(
+            f"SELECT id FROM devices WHERE id {d.in_list} ORDER BY id{d.for_update}", (d.list_param(ids),)
+        )
     rows = c.execute(
         f"UPDATE devices SET issued_sequence = {d.greatest}(issued_sequence, COALESCE(sequence, 0)) + 1"
         f" WHERE id {d.in_list} AND {d.greatest}(issued_sequence, COALESCE(sequence, 0)) < ?"
         " RETURNING id, issued_sequence",
-        (d.list_param(devices), MAX_SEQUENCE),
+        (d.list_param(ids), MAX_SEQUENCE),
     ).fetchall()
     return {r[0]: r[1] for r in rows}
 
@@ -151,8 +171,8 @@ def rollout_ids(c: Conn) -> list[str]:
 def insert_rollout(c: Conn, r: RolloutRow, now: float) -> None:
     c.execute(
         "INSERT INTO rollouts (id, model, version, selector, waves, success_threshold,"
-        " max_failure_rate, device_timeout, state, wave, created, updated)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        " max_failure_rate, device_timeout, state, wave, created, updated, gates, bake, on_breach)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             r.id,
             r.model,
@@ -166,6 +186,9 @@ def insert_rollout(c: Conn, r: RolloutRow, now: float) -> None:
             r.wave,
             now,
             now,
+            json.dumps([str(g) for g in r.gates]),
+            r.bake,
+            r.on_breach,
         ),
     )
 
@@ -210,12 +233,61 @@ def change_state(
 
 
 def move_wave(c: Conn, rid: str, from_wave: int, to_wave: int, state: str, now: float) -> bool:
-    """Compare-and-set of the dispatched wave: two dispatchers never send one wave twice."""
+    """Compare-and-set of the dispatched wave: two dispatchers never send one wave twice. The
+    new wave has not baked yet."""
     cur = c.execute(
-        "UPDATE rollouts SET wave=?, updated=? WHERE id=? AND wave=? AND state=?",
+        "UPDATE rollouts SET wave=?, bake_started=NULL, updated=? WHERE id=? AND wave=? AND state=?",
         (to_wave, now, rid, from_wave, state),
     )
     return cur.rowcount == 1
+
+
+def start_bake(c: Conn, rid: str, wave: int, state: str, now: float) -> bool:
+    """Compare-and-set: wave `wave` of `rid` starts baking now (once)."""
+    cur = c.execute(
+        "UPDATE rollouts SET bake_started=?, updated=? WHERE id=? AND wave=? AND state=? AND bake_started IS NULL",
+        (now, now, rid, wave, state),
+    )
+    return cur.rowcount == 1
+
+
+def reset_bake(c: Conn, rid: str) -> None:
+    """The current wave bakes again from the start (after an operator's resume)."""
+    c.execute("UPDATE rollouts SET bake_started=NULL WHERE id=?", (rid,))
+
+
+def member_health(c: Conn, r: RolloutRow, max_wave: int | None = None) -> list[MemberHealth]:
+    """Every member of `r` sent its manifest, with its latest health report of `r`'s version
+    made after that (older ones describe an earlier install) and its own last report of the
+    version it ran before."""
+    sql = (
+        "SELECT rd.wave, rd.state, rd.reason, rd.prev_version, h.requests, h.errors, h.fallbacks,"
+        " h.p95_ms, p.p95_ms FROM rollout_devices rd"
+        " LEFT JOIN device_health h ON h.device = rd.device AND h.model=? AND h.version=?"
+        " AND h.updated >= rd.sent_at"
+        " LEFT JOIN device_health p ON p.device = rd.device AND p.model = rd.prev_model"
+        " AND p.version = rd.prev_version"
+        " WHERE rd.rollout=? AND rd.sequence IS NOT NULL"
+    )
+    args: list[Any] = [r.model, r.version, r.id]
+    if max_wave is not None:
+        sql += " AND rd.wave<=?"
+        args.append(max_wave)
+    return [
+        MemberHealth(w, s, why, pv, rq or 0, er or 0, fb or 0, p95, prev)
+        for w, s, why, pv, rq, er, fb, p95, prev in c.execute(sql, args)
+    ]
+
+
+def fleet_p95(c: Conn, model: str) -> list[tuple[str, float]]:
+    """(version, p95_ms) of every device's report of the version of `model` it runs now."""
+    rows = c.execute(
+        "SELECT h.version, h.p95_ms FROM device_health h JOIN devices d ON d.id = h.device"
+        " AND d.active_model = h.model AND d.active_version = h.version"
+        " WHERE h.model=? AND h.p95_ms IS NOT NULL",
+        (model,),
+    )
+    return [(r[0], r[1]) for r in rows]
 
 
 def next_pending_wave(c: Conn, rid: str, after: int, pending: str) -> int | None:

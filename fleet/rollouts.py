@@ -19,6 +19,10 @@ Rules (docs/fleet.md has the operator's view):
   sequence space it has used up (it reported 2**63-1: the next manifest's sequence would not fit).
   Refused devices count neither as success nor as failure; a rollout whose every device is
   refused aborts with that reason.
+- Health gates (fleet.gates, optional): metrics of the devices active on the new version, from
+  their heartbeats' health reports, are judged against each gate whenever the rollout runs; a
+  breach aborts (and rolls back) or pauses, per `on_breach`. With gates or a `bake` time, a wave
+  that met its success rule advances (or completes) only after `bake` seconds without a breach.
 - Cancel stops dispatching without rolling back. A rollout paused longer than `max_pause`
   is cancelled, so every rollout ends: completed, aborted or cancelled.
 
@@ -45,10 +49,22 @@ from edgekit import topics
 from edgekit.protocol import IN_PROGRESS, MAX_SEQUENCE, Status
 from fleet import repository as repo
 from fleet.db import BaseDatabase
-from fleet.decide import Abort, Advance, Cancel, Complete, Counts, Decision, decide, timeout_cutoff
+from fleet.decide import (
+    Abort,
+    Advance,
+    Cancel,
+    Complete,
+    Counts,
+    Decision,
+    Pause,
+    StartBake,
+    decide,
+    timeout_cutoff,
+)
 from fleet.deltas import attach as attach_deltas
 from fleet.devices import DeviceRegistry
 from fleet.errors import FleetError, NotFoundError
+from fleet.gates import ABORT, ON_BREACH, Gate, fleet_baseline, metrics, parse_gates
 from fleet.publisher import ManifestBatch, Publisher
 from fleet.registry import Registry
 from fleet.repository import Conn, RolloutRow
@@ -142,12 +158,19 @@ class RolloutEngine:
         clock: Callable[[], float] = time.time,
         max_pause: float = 7 * 86400,
         timeout_check_s: float = 0.5,
+        deltas: bool = True,
     ):
         self.db, self.registry, self.devices, self.publisher = db, registry, devices, publisher
+        self.deltas = deltas
         self.clock, self.max_pause = clock, max_pause
         # tick() runs after every batch of reports; device timeouts need not be looked for that often
         self.timeout_check_s = timeout_check_s
         self._timeouts_checked = float("-inf")
+
+    def _release(self, model: str, version: str) -> dict:
+        """The version as manifests carry it: with deltas from the versions devices run, if enabled."""
+        release = self.registry.version(model, version)
+        return attach_deltas(self.registry, release) if self.deltas else release
 
     # ---- operator actions -------------------------------------------------------------
     def start(
@@ -160,15 +183,23 @@ class RolloutEngine:
         max_failure_rate: float = 0.05,
         device_timeout: float = 900.0,
         device_ids: list[str] | None = None,
+        gates: list[str] | tuple[Gate, ...] = (),
+        bake: float = 0.0,
+        on_breach: str = ABORT,
     ) -> str:
         waves = waves or [100.0]
+        parsed = parse_gates(str(g) for g in gates)  # FleetError naming the bad one
+        if not 0 <= bake <= 30 * 86400:
+            raise FleetError("--bake must be between 0 and 30 days")
+        if on_breach not in ON_BREACH:
+            raise FleetError(f"--on-breach must be one of {', '.join(ON_BREACH)}")
         if any(not 0 < w <= 100 for w in waves) or waves != sorted(waves):
             raise FleetError("waves must be increasing percentages in (0, 100]", hint="e.g. --waves 5,25,100")
         if not 0 <= success_threshold <= 1 or not 0 <= max_failure_rate <= 1:
             raise FleetError("--success-threshold and --max-failure-rate are fractions in [0, 1]")
         if device_timeout <= 0:
             raise FleetError("--device-timeout must be positive")
-        release = attach_deltas(self.registry, self.registry.version(model, version))  # NotFoundError
+        release = self._release(model, version)  # NotFoundError
         with self.db.lock:
             targets = repo.select_devices(self.db.conn, selector, device_ids or None)
         if not targets:
@@ -198,6 +229,9 @@ class RolloutEngine:
             now,
             None,
             None,
+            parsed,
+            float(bake),
+            on_breach,
         )
         with self.db.tx() as c:
             repo.insert_rollout(c, r, now)
@@ -227,6 +261,7 @@ class RolloutEngine:
             r = self._get(c, rid)
             if not repo.change_state(c, rid, RUNNING, now, (PAUSED,)):
                 raise FleetError(f"rollout {rid} is {r.state}, not paused")
+            repo.reset_bake(c, rid)  # the wave is judged again for a whole bake time
         self._step(rid, now)
 
     def abort(self, rid: str, reason: str = "aborted by operator") -> None:
@@ -274,7 +309,7 @@ class RolloutEngine:
                     repo.replace_state(
                         c, r.id, _WAITING, TIMED_OUT, now, sent_before=cutoff, reason="device timeout"
                     )
-                d = decide(r.view(self.max_pause), self._counts(c, r), now)
+                d = decide(r.view(self.max_pause), self._counts(c, r), now, self._health(c, r))
                 if d is not None:
                     todo.append((r, d))
         for r, d in todo:
@@ -304,16 +339,33 @@ class RolloutEngine:
             refused=n.get(REFUSED, 0),
         )
 
+    def _health(self, c: Conn, r: RolloutRow) -> dict[str, float | None] | None:
+        """The gate metrics of the waves dispatched so far (read only when the rollout has gates)."""
+        if not r.gates or r.state != RUNNING:
+            return None
+        return metrics(repo.member_health(c, r, r.wave), fleet_baseline(repo.fleet_p95(c, r.model)))
+
     def _step(self, rid: str, now: float) -> None:
         with self.db.tx() as c:
             r = self._get(c, rid)
-            d = decide(r.view(self.max_pause), self._counts(c, r), now) if r.state in OPEN else None
+            d = (
+                decide(r.view(self.max_pause), self._counts(c, r), now, self._health(c, r))
+                if r.state in OPEN
+                else None
+            )
         if d is not None:
             self._carry_out(r, d, now)
 
     def _carry_out(self, r: RolloutRow, d: Decision, now: float) -> None:
         if isinstance(d, Advance):
             self._advance(r, now)
+        elif isinstance(d, StartBake):
+            with self.db.tx() as c:
+                repo.start_bake(c, r.id, r.wave, RUNNING, now)
+        elif isinstance(d, Pause):
+            with self.db.tx() as c:
+                if repo.change_state(c, r.id, PAUSED, now, (RUNNING,), reason=d.reason, paused_at=now):
+                    log.warning("rollout %s paused: %s", r.id, d.reason)
         elif isinstance(d, Abort):
             self._abort(r, d.reason, now)
         elif isinstance(d, Complete):
@@ -343,9 +395,7 @@ class RolloutEngine:
             with self.db.tx() as c:
                 repo.move_wave(c, r.id, r.wave, len(r.waves) - 1, RUNNING, now)
             return
-        batch = self.publisher.batch(
-            attach_deltas(self.registry, self.registry.version(r.model, r.version)), r.id
-        )
+        batch = self.publisher.batch(self._release(r.model, r.version), r.id)
         presigned = self._presign(batch, [m.device for m in pending])
         with self.db.tx() as c:
             self._dispatch(c, r, wave, batch, presigned, now)
@@ -450,10 +500,15 @@ class RolloutEngine:
         with self.db.lock:
             r = self._get(self.db.conn, rid)
             counts = repo.state_counts(self.db.conn, rid)  # one snapshot: no tx is open under the lock
+            health = repo.member_health(self.db.conn, r) if r.gates else []
+            baseline = fleet_baseline(repo.fleet_p95(self.db.conn, r.model)) if r.gates else {}
         per_wave = [
             {"wave": i + 1, "percent": p, "devices": 0, **dict.fromkeys(COUNT_KEYS, 0)}
             for i, p in enumerate(r.waves)
         ]
+        for i, w in enumerate(per_wave):
+            if r.gates:  # each wave's own devices; the decision judges all dispatched so far
+                w["gates"] = metrics([m for m in health if m.wave == i], baseline)
         for wave, state, n in counts:
             w = per_wave[wave]
             w["devices"] += n
@@ -472,6 +527,10 @@ class RolloutEngine:
             "success_threshold": r.success_threshold,
             "max_failure_rate": r.max_failure_rate,
             "device_timeout": r.device_timeout,
+            "gates": [str(g) for g in r.gates],
+            "bake": r.bake,
+            "on_breach": r.on_breach,
+            "bake_started": r.bake_started,
             "created": r.created,
             "ended": r.ended,
         }

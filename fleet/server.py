@@ -126,7 +126,13 @@ class FleetServer:
             timedelta(days=float(self.cfg["server"]["manifest_ttl_days"])),
         )
         self.publisher = publisher
-        self.engine = RolloutEngine(self.db, self.registry, self.devices, publisher)
+        self.engine = RolloutEngine(
+            self.db,
+            self.registry,
+            self.devices,
+            publisher,
+            deltas=bool(self.cfg["server"].get("deltas", True)),
+        )
         self.leader = LeaseKeeper(self.lease, self._lead, self._step_down)
         if not self.leader.step(raise_errors=True):
             held = self.lease.holder_now()

@@ -44,7 +44,12 @@ def pascal(name: str) -> str:
 def _samples(conv: Converted, out: Path, precision: str) -> None:
     inputs, labels, source = sample_inputs(conv.card)
     write_sample_json(
-        out / "sample_input.json", inputs, labels, source, reference_outputs(conv, inputs), tolerance(precision)
+        out / "sample_input.json",
+        inputs,
+        labels,
+        source,
+        reference_outputs(conv, inputs),
+        tolerance(precision),
     )
 
 
@@ -56,7 +61,9 @@ def _io(conv: Converted, row: dict[str, Any], spec_key: str, inputs: bool) -> li
     tensors = []
     for i, t in enumerate(card_tensors):
         name = recorded[i]["name"] if i < len(recorded) and recorded[i].get("name") else t.name
-        tensors.append({"name": name, "card_name": t.name, "dtype": t.dtype, "shape": t.shape, "layout": t.layout})
+        tensors.append(
+            {"name": name, "card_name": t.name, "dtype": t.dtype, "shape": t.shape, "layout": t.layout}
+        )
     return tensors
 
 
@@ -78,7 +85,9 @@ def build_ios(converted: Path, out: Path, mode: str | None = None, force: bool =
         "coreml_inputs": inputs,
         "coreml_outputs": outputs,
         "minimum_deployment_target": "iOS 16",
-        "validated": {k: row.get(k) for k in ("max_abs_err", "cosine", "parity_bound", "top1", "runtime_note")},
+        "validated": {
+            k: row.get(k) for k in ("max_abs_err", "cosine", "parity_bound", "top1", "runtime_note")
+        },
     }
     (out / "model_card.json").write_text(json.dumps(bundle_card(conv, extra), indent=2) + "\n")
     (out / f"{cls}Model.swift").write_text(swift_source(conv.card, cls, package, inputs, outputs))
@@ -125,7 +134,9 @@ def build_android(converted: Path, out: Path, mode: str | None = None, force: bo
         "validated": {k: row.get(k) for k in ("max_abs_err", "cosine", "parity_bound", "top1")},
     }
     (out / "assets" / "model_card.json").write_text(json.dumps(bundle_card(conv, extra), indent=2) + "\n")
-    (out / f"{cls}Model.kt").write_text(kotlin_source(conv.card, cls, model_file, inputs, outputs, row["mode"]))
+    (out / f"{cls}Model.kt").write_text(
+        kotlin_source(conv.card, cls, model_file, inputs, outputs, row["mode"])
+    )
     _samples(conv, out, row["precision"])
     info = BundleInfo(
         kind="android",

@@ -93,7 +93,9 @@ def _vendor(runtime: str, out: Path) -> dict[str, str]:
     for pkg, files in RUNTIMES[runtime]["packages"].items():
         meta = json.loads((modules / pkg / "package.json").read_text())
         versions[pkg] = meta["version"]
-        notice.append(f"{pkg} {meta['version']} ({meta.get('license', 'see package')}): {meta.get('homepage', '')}")
+        notice.append(
+            f"{pkg} {meta['version']} ({meta.get('license', 'see package')}): {meta.get('homepage', '')}"
+        )
         for f in files:
             shutil.copyfile(modules / pkg / f, dest / Path(f).name)
     (dest / "NOTICE.txt").write_text(

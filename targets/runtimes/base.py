@@ -74,18 +74,21 @@ def open_runtime(
     output_names: list[str] | None = None,
     input_names: list[str] | None = None,
     output_perms: dict[str, list[int]] | None = None,
+    inter_op_threads: int | None = None,
+    memory_arena: bool = True,
 ) -> Runtime:
     """Open an artifact with the runtime its file type needs.
 
     `output_names` (from the model card) name the outputs of files whose converter renamed them
     (quantized .tflite files say `Identity`, `output_0`, ...); ONNX keeps its own names.
+    `inter_op_threads` and `memory_arena` tune onnxruntime only.
     """
     p = Path(path)
     kind = runtime_for(p)
     if kind == "onnxruntime":
         from targets.runtimes.onnxrt import OnnxRuntime
 
-        return OnnxRuntime(p, threads=threads)
+        return OnnxRuntime(p, threads=threads, inter_op_threads=inter_op_threads, memory_arena=memory_arena)
     if kind == "litert":
         from targets.runtimes.litert import LiteRTRuntime
 

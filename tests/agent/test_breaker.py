@@ -47,7 +47,9 @@ class MisbehavingCloud:
             out = {"name": "probs", "datatype": "FP32", "shape": [n, 3], "data": [1.0, 0.0, 0.0] * n}
             return JSONResponse({"model_name": "cls", "model_version": "cloud-ok", "outputs": [out]})
 
-        self.thread = ServerThread(Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"])]))
+        self.thread = ServerThread(
+            Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"])])
+        )
 
 
 @pytest.fixture
@@ -92,7 +94,9 @@ def test_cloud_first_garbled_answer_falls_back_to_local_with_a_reason(
     cloud: MisbehavingCloud, model_dir: Path
 ) -> None:
     cloud.mode = "bad_gzip"
-    e = engine_with(model_dir, cloud.thread.url, {"cls": fb.Policy(mode=fb.CLOUD_FIRST)}, retries=0, binary=False)
+    e = engine_with(
+        model_dir, cloud.thread.url, {"cls": fb.Policy(mode=fb.CLOUD_FIRST)}, retries=0, binary=False
+    )
     try:
         r = e.infer("cls", {"input": CONFIDENT})
         assert (r.served_by, r.fallback_reason) == ("local", BAD_RESPONSE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,28 @@ def test_rollback_manifest_cancels_download_stuck_on_trickling_server(
     superseded = [r for r in reports if r["sequence"] == 2 and r["state"] == "rolled_back"]
     assert superseded and superseded[0]["reason"] == "superseded"
     np.testing.assert_allclose(u.registry.get("cls").run({"input": X})["probs"], expected_probs(X), atol=1e-6)
+
+
+def test_a_copy_of_the_manifest_being_started_cancels_nothing(
+    tmp_path: Path, keys: Keys, files: Path
+) -> None:
+    """Regression (seen with a restarted broker): the retained copy and the session's queued copy
+    of one manifest arrive back to back; the second reached submit() after the worker dequeued the
+    first but before it accepted it, still verified as newer, and cancelled the update it was
+    starting ("superseded"). The worker's own in-flight manifest is never superseded by itself."""
+    u = faulty_updater(tmp_path, keys, [])
+    seq2 = manifest(
+        keys, file=files / "cls_v1.onnx", url="http://127.0.0.1:9/cls_v1.onnx", sequence=2, version="2"
+    )
+    seq3 = manifest(
+        keys, file=files / "cls_v1.onnx", url="http://127.0.0.1:9/cls_v1.onnx", sequence=3, version="3"
+    )
+    # the worker's state right after it dequeued seq2 (what _loop sets), before handle() accepts it
+    u._inflight, u._job_cancel = seq2, threading.Event()
+    u.submit(seq2)
+    assert not u._job_cancel.is_set()
+    u.submit(seq3)  # a really newer manifest still cancels
+    assert u._job_cancel.is_set()
 
 
 def test_newer_update_proceeds_after_cancel_and_replays_or_forgeries_cancel_nothing(

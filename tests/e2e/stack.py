@@ -251,9 +251,7 @@ def build_stack(work: Path, n_agents: int = 10, cloud_only: int = 1) -> Stack:
     passwords = {d: f"pw-{d}-{i * 7919}" for i, d in enumerate(devices)}
     b_port, h_port, a_port, p_port, c_port, *agent_ports = free_ports(5 + n_agents)
 
-    broker = Mosquitto(
-        FLEET, passwords, server_user="fleet-server", server_password="srv-pw", port=b_port
-    )
+    broker = Mosquitto(FLEET, passwords, server_user="fleet-server", server_password="srv-pw", port=b_port)
     broker.start()
     proxy = ThrottlingProxy(upstream_port=h_port, port=p_port, rate=5_000_000).start()
     fleet_state = work / "fleet"
@@ -269,6 +267,9 @@ def build_stack(work: Path, n_agents: int = 10, cloud_only: int = 1) -> Stack:
         tick_seconds=0.2,
     )
     fleet.env.update(LOG_ENV)
+    # These fault tests cut and resume full downloads through the throttled uplink; a delta
+    # (fleet.deltas, tested in tests/fleet/test_deltas.py) would make 2.0's download a 2 KB patch.
+    fleet.env["EDGEKIT_SERVER__DELTAS"] = "false"
     cloud = cloud_service(base / "onnx" / "model.onnx", logs, name=MODEL, port=c_port)
     stack = Stack(work, logs, broker, proxy, fleet, fleet_toml, fleet_state, cloud, [], base)
     try:

@@ -6,6 +6,8 @@ its labels, subscribes to its `desired` topic, verifies every manifest with the 
 `status`. One selector loop drives all clients so thousands of devices need one thread.
 Like the real agent, a byte-identical redelivery of the manifest it last accepted is a no-op
 (counted in `duplicates`); every non-empty `desired` payload is kept in `payloads`.
+With `heartbeat_s`, every connected device re-sends its state like the agent's heartbeat, with
+the health object `health(device)` returns (what it served over its last window), if any.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgekit import topics
-from edgekit.protocol import Online, Status, last_will
+from edgekit.protocol import Health, Online, Status, last_will
 from edgekit.trust import Manifest, ManifestVerifier, Root, VerificationError
 
 # behaviour(device, manifest) -> "ok" | "fail" | "silent"
 Behaviour = Callable[["SimDevice", Manifest], str]
+# health(device) -> what it reports in its heartbeat (None: no health object)
+HealthReport = Callable[["SimDevice"], Health | None]
 
 
 def always_ok(_d: SimDevice, _m: Manifest) -> str:
@@ -49,6 +53,7 @@ class SimDevice:
     model: str | None = None
     version: str | None = None
     active_at: float | None = None
+    active_manifest: Manifest | None = None
     connected: bool = False
     received: int = 0
     sent: int = 0
@@ -64,11 +69,14 @@ class DevicePool:
         password: Callable[[str], str] | None = None,
         report_delay: float = 0.0,
         verify: bool = True,
+        heartbeat_s: float = 0.0,
+        health: HealthReport | None = None,
     ):
         self.fleet, self.root, self.host, self.port = fleet, root, host, port
         self.password = password
         self.report_delay = report_delay
         self.verify = verify
+        self.heartbeat_s, self.health = heartbeat_s, health
         self.devices: dict[str, SimDevice] = {}
         self.sel = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -150,7 +158,7 @@ class DevicePool:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
 
     def _run(self) -> None:
-        last_misc = 0.0
+        last_misc = last_beat = 0.0
         while not self._stop.is_set():
             for key, mask in self.sel.select(timeout=0.05):
                 c = key.data
@@ -165,6 +173,11 @@ class DevicePool:
                     due.append(heapq.heappop(self._timers)[2])
             for fn in due:
                 fn()
+            if self.heartbeat_s and now - last_beat >= self.heartbeat_s:
+                last_beat = now
+                for d in list(self.devices.values()):
+                    if d.connected:
+                        self._heartbeat(d)
             if now - last_misc > 1.0:
                 for d in list(self.devices.values()):
                     if d.client is not None:
@@ -198,6 +211,23 @@ class DevicePool:
         assert d.client is not None
         d.client.publish(topics.status(self.fleet, d.id), s.to_json(), qos=1)
 
+    def _heartbeat(self, d: SimDevice) -> None:
+        """The current state again (the active manifest's, or idle), with the device's health."""
+        m = d.active_manifest
+        s = Status(
+            device=d.id,
+            state="active" if m else "idle",
+            model=d.model,
+            version=d.version,
+            sequence=m.sequence if m else None,
+            rollout=m.rollout if m else None,
+            labels=d.labels,
+            health=self.health(d) if self.health else None,
+        )
+        d.sent += 1
+        assert d.client is not None
+        d.client.publish(topics.status(self.fleet, d.id), s.to_json(), qos=1)
+
     def _on_message(self, _c: mqtt.Client, d: SimDevice, msg: mqtt.MQTTMessage) -> None:
         d.received += 1
         if not msg.payload:
@@ -224,6 +254,7 @@ class DevicePool:
         def finish() -> None:
             if outcome == "ok":
                 d.model, d.version, d.active_at = m.model, m.version, time.monotonic()
+                d.active_manifest = m
                 self._status(d, "active", m)
             else:
                 self._status(d, "failed", m, reason="smoke_test")
