@@ -317,12 +317,14 @@ def build_app(
             return _error(e.status, e.message)
         if model is None:
             return _error(404, f"model {name!r} is not loaded here: no local configuration to show")
+        batcher = engine.batcher(model)
         cfg = model_config(
             name,
             getattr(model.runtime, "name", "unknown"),
             model.inputs,
             model.outputs,
             engine.registry.policy(name),
+            batcher.cfg if batcher is not None else None,
         )
         return JSONResponse(cfg)
 
