@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from agent import __version__
 from edgekit import topics
-from edgekit.brokers import Failover, endpoints, refused, suback_retry_delay
+from edgekit.brokers import Failover, Resubscriber, endpoints
 from edgekit.protocol import Online, last_will
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,7 @@ class AgentMqtt:
         self.last_error: str | None = None  # paho's last socket/TLS error, e.g. an unknown CA
         self.v5 = self.s.protocol.startswith("5")
         self.failover = Failover(endpoints(self.s.urls, self.s.host, self.s.port, self.s.tls))
-        self.subscribe_refusals = 0  # SUBACK 0x80 answers seen (NATS JetStream elections)
-        self._sub_attempt = 0
-        self._sub_timer: threading.Timer | None = None
+        self.resubscriber = Resubscriber(self._resubscribe)  # SUBACK 0x80 (NATS JetStream elections)
         cid = self.s.client_id or self.s.username or f"edgekit-agent-{device}"
         if self.v5:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
@@ -146,7 +144,7 @@ class AgentMqtt:
             except (RuntimeError, ValueError):
                 pass
         self._cancel_connack_timer()
-        self._cancel_sub_timer()
+        self.resubscriber.cancel()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -200,7 +198,7 @@ class AgentMqtt:
             self.failover.current,
             getattr(flags, "session_present", None),
         )
-        self._sub_attempt = 0
+        self.resubscriber.reset()
         self._subscribe()
         online = Online(device=self.device, online=True, labels=self.labels, agent_version=__version__)
         client.publish(self.t_online, online.to_json(), qos=1, retain=True)
@@ -212,30 +210,18 @@ class AgentMqtt:
         self.client.subscribe([(self.t_desired, 1), (self.t_roots, 1)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if not refused(reason_codes):
-            self._sub_attempt = 0
+        delay = self.resubscriber.on_suback(reason_codes)
+        if delay == 0.0:
             return
-        self.subscribe_refusals += 1
-        self._sub_attempt += 1
-        delay = suback_retry_delay(self._sub_attempt)
         if delay is None:
-            self.last_error = f"the broker refused the subscription {self._sub_attempt} times"
+            self.last_error = f"the broker refused the subscription {self.resubscriber.attempt} times"
             log.error("MQTT %s: %s; waiting for a reconnect", self.failover.current, self.last_error)
             return
         log.warning("MQTT %s refused the subscription; again in %.1f s", self.failover.current, delay)
-        self._cancel_sub_timer()
-        self._sub_timer = threading.Timer(delay, self._resubscribe)
-        self._sub_timer.daemon = True
-        self._sub_timer.start()
 
     def _resubscribe(self) -> None:
         if self.connected.is_set():  # else the next on_connect subscribes anyway
             self._subscribe()
-
-    def _cancel_sub_timer(self) -> None:
-        if self._sub_timer is not None:
-            self._sub_timer.cancel()
-            self._sub_timer = None
 
     def _on_log(self, client, userdata, level: int, buf: str) -> None:
         # A refused client certificate surfaces only here (TLS 1.3 reports it on the first read
@@ -246,7 +232,7 @@ class AgentMqtt:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        self._cancel_sub_timer()
+        self.resubscriber.cancel()
         nxt = self.failover.advance(client)
         log.info("MQTT disconnected (%s); paho reconnects to %s", reason_code, nxt)
         if self.on_connection:

@@ -13,7 +13,8 @@ subscribing again. The connection itself stays up, so nothing else would ever re
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,3 +90,38 @@ class Failover:
             client._host, client._port = self.current.host, self.current.port
             log.info("MQTT: next broker %s", self.current)
         return self.current
+
+
+class Resubscriber:
+    """SUBACK refusals (NATS refuses QoS 1 subscriptions during a JetStream election) counted and
+    answered by subscribing again with backoff (suback_retry_delay), one timer at a time. The
+    agent's and the fleet's MQTT links share it; each logs in its own words."""
+
+    def __init__(self, resubscribe: Callable[[], None]):
+        self._resubscribe = resubscribe
+        self.refusals = 0  # SUBACK 0x80 answers seen, in all
+        self.attempt = 0  # consecutive refusals since the last accepted SUBACK or connect
+        self._timer: threading.Timer | None = None
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def on_suback(self, reason_codes: Sequence[Any]) -> float | None:
+        """0 when accepted; else the delay before subscribing again, or None: gave up."""
+        if not refused(reason_codes):
+            self.attempt = 0
+            return 0.0
+        self.refusals += 1
+        self.attempt += 1
+        delay = suback_retry_delay(self.attempt)
+        if delay is not None:
+            self.cancel()
+            self._timer = threading.Timer(delay, self._resubscribe)
+            self._timer.daemon = True
+            self._timer.start()
+        return delay
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgekit.brokers import Failover, endpoints, refused, suback_retry_delay
+from edgekit.brokers import Failover, Resubscriber, endpoints
 from fleet.errors import FleetError
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,7 @@ class MqttLink:
         self._on_reconnect = on_reconnect
         self.connects = 0
         self.failover = Failover(endpoints(broker.get("urls") or [], broker["host"], broker["port"]))
-        self.subscribe_refusals = 0
-        self._sub_attempt = 0
-        self._sub_timer: threading.Timer | None = None
+        self.resubscriber = Resubscriber(lambda: self._connected.is_set() and self._subscribe())
         self._connected = threading.Event()
         self._settled = threading.Event()  # the first connect succeeded or was refused
         self._failed: str | None = None
@@ -83,7 +81,7 @@ class MqttLink:
             self._settled.set()
             return
         # (Re)subscribe on every connect: cheap, and right even when the session was lost.
-        self._sub_attempt = 0
+        self.resubscriber.reset()
         self._subscribe()
         self.connects += 1
         self._connected.set()
@@ -100,31 +98,19 @@ class MqttLink:
             self.client.subscribe([(topic, 1) for topic in self.subscriptions])
 
     def _subscribed_cb(self, _c: mqtt.Client, _ud: Any, _mid: int, codes: Any, _props: Any = None) -> None:
-        if not refused(codes):
-            self._sub_attempt = 0
-            return
-        self.subscribe_refusals += 1
-        self._sub_attempt += 1
-        delay = suback_retry_delay(self._sub_attempt)
+        delay = self.resubscriber.on_suback(codes)
         if delay is None:
             log.error(
-                "broker %s refused the subscriptions %d times", self.failover.current, self._sub_attempt
+                "broker %s refused the subscriptions %d times",
+                self.failover.current,
+                self.resubscriber.attempt,
             )
-            return
-        log.warning("broker %s refused a subscription; again in %.1f s", self.failover.current, delay)
-        self._cancel_sub_timer()
-        self._sub_timer = threading.Timer(delay, lambda: self._connected.is_set() and self._subscribe())
-        self._sub_timer.daemon = True
-        self._sub_timer.start()
-
-    def _cancel_sub_timer(self) -> None:
-        if self._sub_timer is not None:
-            self._sub_timer.cancel()
-            self._sub_timer = None
+        elif delay:
+            log.warning("broker %s refused a subscription; again in %.1f s", self.failover.current, delay)
 
     def _disconnected_cb(self, c: mqtt.Client, _ud: Any, _flags: Any, rc: Any, _props: Any = None) -> None:
         self._connected.clear()
-        self._cancel_sub_timer()
+        self.resubscriber.cancel()
         if self.connects > 0:
             self.failover.advance(c)
         if self.connects == 0:
@@ -182,6 +168,6 @@ class MqttLink:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def close(self) -> None:
-        self._cancel_sub_timer()
+        self.resubscriber.cancel()
         self.client.disconnect()
         self.client.loop_stop()
