@@ -164,3 +164,21 @@ def open_store(state_dir: Path) -> CredentialStore:
         return CredentialStore(Path(state_dir) / FILE_NAME)
     except sqlite3.DatabaseError as e:
         raise FleetError(f"cannot open the credential store {Path(state_dir) / FILE_NAME}: {e}") from e
+
+
+def broker_inputs(cfg: dict, who_needs: str) -> tuple[str, list[Credential]]:
+    """What a broker's generated config needs: the fleet server's own password (refused when
+    empty: "`who_needs` the fleet server's own password") and every enrolled device's credentials."""
+    from fleet import config as fleet_config
+
+    password = str(cfg["broker"]["password"])
+    if not password:
+        raise FleetError(
+            f"[broker] password is empty: {who_needs} the fleet server's own password",
+            hint="set [broker] username and password (or EDGEKIT_BROKER__PASSWORD) in fleet.toml",
+        )
+    store = open_store(fleet_config.state_dir(cfg))
+    try:
+        return password, store.list()
+    finally:
+        store.close()

@@ -23,8 +23,7 @@ from typing import Any
 from edgekit import topics
 from fleet import config as fleet_config
 from fleet.acl import DEVICE, DEVICE_RULES, server_filter
-from fleet.credentials import hash_password, open_store
-from fleet.errors import FleetError
+from fleet.credentials import broker_inputs, hash_password
 
 SETTINGS = ("allow_anonymous false", "use_username_as_clientid true")
 
@@ -58,16 +57,7 @@ def write_config(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     Mosquitto (SIGHUP)."""
     b = cfg["broker"]
     user = fleet_config.server_user(cfg)
-    if not b["password"]:
-        raise FleetError(
-            "[broker] password is empty: Mosquitto needs the fleet server's own password",
-            hint="set [broker] username and password (or EDGEKIT_BROKER__PASSWORD) in fleet.toml",
-        )
-    store = open_store(fleet_config.state_dir(cfg))
-    try:
-        creds = store.list()
-    finally:
-        store.close()
+    _, creds = broker_inputs(cfg, "Mosquitto needs")
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     acl, passwd = out / "acl", out / "passwd"

@@ -220,19 +220,9 @@ def fleet_users(cfg: dict[str, Any]) -> tuple[list[User], list[str]]:
     """The NATS users of a fleet from its fleet.toml and credential store, and the devices left
     out because their credentials predate NATS support (no bcrypt hash: enrol them again)."""
     from fleet import config as fleet_config
-    from fleet.credentials import open_store
+    from fleet.credentials import broker_inputs
 
-    password = str(cfg["broker"]["password"])
-    if not password:
-        raise FleetError(
-            "[broker] password is empty: the NATS nodes need the fleet server's own password",
-            hint="set [broker] username and password (or EDGEKIT_BROKER__PASSWORD) in fleet.toml",
-        )
-    store = open_store(fleet_config.state_dir(cfg))
-    try:
-        creds = store.list()
-    finally:
-        store.close()
+    password, creds = broker_inputs(cfg, "the NATS nodes need")
     skipped = [c.device for c in creds if not c.nats_hash]
     users = users_for(
         cfg["server"]["fleet"],
