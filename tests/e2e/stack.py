@@ -146,36 +146,10 @@ class Stack:
         return self.fleet_state / "artifacts" / sha256[:2] / sha256
 
     def publish(self, version: str) -> str:
-        """Publish a distinct artifact as `version` (the ONNX doc_string names the version, so
-        every version has its own sha256); returns that sha256."""
-        import onnx
-
-        src = self.work / "versions" / version
-        shutil.copytree(self.base, src)
-        model_path = src / "onnx" / "model.onnx"
-        m = onnx.load(str(model_path))
-        m.doc_string = f"edgekit e2e fault-injection build {version}"
-        onnx.save(m, str(model_path))
-        data = model_path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        report = json.loads((src / "report.json").read_text())
-        for a in report["artifacts"]:
-            if a["files"][0]["path"] == "onnx/model.onnx":
-                a["sha256"] = a["files"][0]["sha256"] = sha
-                a["bytes"] = a["files"][0]["bytes"] = len(data)
-        (src / "report.json").write_text(json.dumps(report))
-        proc = run_cli(
-            "fleet",
-            "publish",
-            str(src),
-            "--model",
-            MODEL,
-            "--version",
-            version,
-            "--config",
-            str(self.fleet_toml),
+        """Publish a distinct artifact as `version`; returns that sha256."""
+        sha, data = publish_build(
+            self.base, self.work, version, self.fleet_toml, "edgekit e2e fault-injection build"
         )
-        assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
         assert self.artifact_path(sha).stat().st_size == len(data)
         self.published[version] = sha
         return sha
@@ -327,3 +301,30 @@ def stop_stack(stack: Stack) -> None:
 
 def eval_inputs(n: int = 20) -> np.ndarray:
     return np.load(SAMPLES / "digits_eval.npz")["input"][:n].astype(np.float32)
+
+
+def publish_build(base: Path, work: Path, version: str, fleet_toml: Path, label: str) -> tuple[str, bytes]:
+    """Copy the conversion at `base`, make its ONNX artifact distinct (the doc_string names the
+    version, so every version has its own sha256), fix the report to match and `fleet publish`
+    it as `version`; returns the artifact's sha256 and bytes."""
+    import onnx
+
+    src = work / "versions" / version
+    shutil.copytree(base, src)
+    model_path = src / "onnx" / "model.onnx"
+    m = onnx.load(str(model_path))
+    m.doc_string = f"{label} {version}"
+    onnx.save(m, str(model_path))
+    data = model_path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    report = json.loads((src / "report.json").read_text())
+    for a in report["artifacts"]:
+        if a["files"][0]["path"] == "onnx/model.onnx":
+            a["sha256"] = a["files"][0]["sha256"] = sha
+            a["bytes"] = a["files"][0]["bytes"] = len(data)
+    (src / "report.json").write_text(json.dumps(report))
+    proc = run_cli(
+        "fleet", "publish", str(src), "--model", MODEL, "--version", version, "--config", str(fleet_toml)
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    return sha, data

@@ -22,9 +22,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgekit import topics
-from edgekit.launch import Service, agent_service, fleet_service, free_ports, run_cli, toml_dumps
+from edgekit.launch import Service, agent_service, fleet_service, free_ports, toml_dumps
 from fleet.artifact_store import S3Artifacts, s3_client
-from tests.e2e.stack import LOG_ENV, MODEL, convert_base, wait_for
+from tests.e2e.stack import LOG_ENV, MODEL, convert_base, publish_build, wait_for
 from tests.support import nats
 from tests.support.nats import NatsCluster
 from tests.support.s3 import MotoS3
@@ -177,37 +177,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def publish(world: dict[str, Any], version: str) -> str:
-    import hashlib
-    import shutil
-
-    import onnx
-
-    src = world["work"] / "versions" / version
-    shutil.copytree(world["base"], src)
-    model_path = src / "onnx" / "model.onnx"
-    m = onnx.load(str(model_path))
-    m.doc_string = f"scale-out build {version}"  # its own bytes, its own sha256
-    onnx.save(m, str(model_path))
-    data = model_path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    report = json.loads((src / "report.json").read_text())
-    for a in report["artifacts"]:
-        if a["files"][0]["path"] == "onnx/model.onnx":
-            a["sha256"] = a["files"][0]["sha256"] = sha
-            a["bytes"] = a["files"][0]["bytes"] = len(data)
-    (src / "report.json").write_text(json.dumps(report))
-    proc = run_cli(
-        "fleet",
-        "publish",
-        str(src),
-        "--model",
-        MODEL,
-        "--version",
-        version,
-        "--config",
-        str(world["fleet_toml"]),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    sha, _ = publish_build(world["base"], world["work"], version, world["fleet_toml"], "scale-out build")
     return sha
 
 
