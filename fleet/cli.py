@@ -46,32 +46,9 @@ def _cfg(path: Path | None) -> dict[str, Any]:
     return config.load(path)
 
 
-# Epoch seconds the server's JSON carries; the CLI adds an ISO 8601 `<key>_iso` beside each
-# (the numbers stay for scripts that already read them).
-_TIME_KEYS = ("created", "ended")
-
-
-def with_iso(obj: Any) -> Any:
-    """`obj` with `created_iso`/`ended_iso` ("2026-06-01T12:00:00Z") next to epoch-second fields."""
-    from datetime import UTC, datetime
-
-    from edgekit.trust.timeutil import iso
-
-    if isinstance(obj, list):
-        return [with_iso(x) for x in obj]
-    if not isinstance(obj, dict):
-        return obj
-    out = {k: with_iso(v) for k, v in obj.items()}
-    for k in _TIME_KEYS:
-        v = obj.get(k)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[f"{k}_iso"] = iso(datetime.fromtimestamp(v, UTC))
-        elif k in obj:
-            out[f"{k}_iso"] = None
-    return out
-
-
 def _print_json(obj: Any) -> None:
+    from fleet.timestamps import with_iso  # a server older than ISO timestamps sends epochs only
+
     typer.echo(json.dumps(with_iso(obj), indent=2, sort_keys=True))
 
 

@@ -30,6 +30,7 @@ from fleet import admin_tokens
 from fleet import metrics as fleet_metrics
 from fleet.admin_schema import MAX_BODY_BYTES, MAX_BODY_DEPTH, RolloutRequest
 from fleet.errors import NotFoundError
+from fleet.timestamps import with_iso
 
 if TYPE_CHECKING:
     from fleet.server import FleetServer
@@ -71,7 +72,7 @@ def admin_app(server: FleetServer) -> Starlette:
                 body = await _body(request) if request.method == "POST" else {}
                 # Handlers read and write the database and sign manifests: in a worker thread,
                 # never on the event loop (other requests and artifact downloads go on meanwhile).
-                return JSONResponse(await run_in_threadpool(fn, request, body))
+                return JSONResponse(with_iso(await run_in_threadpool(fn, request, body)))
             except NotFoundError as e:
                 return _error(404, "not_found", str(e.args[0]), e.hint)
             except EdgekitError as e:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgekit.trust import load_trusted_root, update_root_chain
@@ -123,6 +125,15 @@ def test_serve_publish_rollout_devices(tmp_path: Path):
             time.sleep(0.2)
             st = json.loads(edgekit("fleet", "rollout", "status", rid, "--json", cfg=cfg).stdout)
         assert st["totals"]["active"] == 6 and [w["devices"] for w in st["waves"]] == [3, 3]
+        # The server's own JSON carries ISO 8601 beside the epoch seconds (not only the CLI's).
+        token = (tmp_path / "state" / "admin.token").read_text().strip()
+        raw = httpx.get(
+            f"http://127.0.0.1:{ports['admin']}/api/rollouts/{rid}",
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        assert isinstance(raw["created"], float) and isinstance(raw["ended"], float)
+        assert raw["created_iso"] <= raw["ended_iso"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", raw["ended_iso"])
         human = edgekit("fleet", "rollout", "status", rid, cfg=cfg).stdout
         assert "completed" in human
         assert rid in edgekit("fleet", "rollout", "list", cfg=cfg).stdout
