@@ -74,6 +74,9 @@ class MqttSection(Section):
     key: str = ""
     keepalive: int = Field(30, gt=0)
     session_expiry_s: int = Field(604800, ge=0)  # MQTT 5 only
+    # QoS of the retained `desired`/`roots` subscriptions (agent.mqtt: 0 loses nothing there);
+    # an enrolment bundle of a NATS fleet sets 0
+    desired_qos: Literal[0, 1] = 1
 
 
 class DownloadSection(Section):

@@ -38,6 +38,8 @@ def apply_enrolment(cfg: dict[str, Any], defaults: dict[str, Any]) -> None:
     }
     if e.broker.protocol:
         fills[("mqtt", "protocol")] = e.broker.protocol
+    if e.broker.desired_qos is not None:
+        fills[("mqtt", "desired_qos")] = e.broker.desired_qos
     if cfg["mqtt"]["password"]:  # a password given inline wins over the bundle's file
         del fills[("mqtt", "password_file")]
     for (section, key), value in fills.items():

@@ -58,6 +58,12 @@ class MqttSettings:
     # A broker that accepted the TCP connection but has not answered CONNECT by then is said to
     # ignore it (amqtt, the embedded broker, hangs on an MQTT 5 CONNECT): logged once per socket.
     connack_timeout_s: float = 10.0
+    # QoS of the `desired` and `roots` subscriptions. Both topics are retained and the agent
+    # subscribes again on every connect, so QoS 0 loses nothing: a manifest missed while away
+    # comes back as the retained message. nats-server 2.9 creates a JetStream consumer for each
+    # QoS 1 subscription, through one node, which stalls past a few thousand devices (measured:
+    # bench/fleet.py); a NATS fleet's enrolment bundles therefore say 0.
+    desired_qos: int = 1
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MqttSettings:
@@ -207,7 +213,7 @@ class AgentMqtt:
             self.on_connection(True)
 
     def _subscribe(self) -> None:
-        self.client.subscribe([(self.t_desired, 1), (self.t_roots, 1)])
+        self.client.subscribe([(self.t_desired, self.s.desired_qos), (self.t_roots, self.s.desired_qos)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         delay = self.resubscriber.on_suback(reason_codes)

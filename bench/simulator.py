@@ -4,12 +4,15 @@ of devices per event loop, and worker processes when one process cannot hold the
 paho costs ~1.5 ms of CPU per device per rollout (a Client object, its locks and its own packet
 machinery per connection); this speaks only what a device needs, with asyncio.Protocol and no
 per-device task: CONNECT (clean session, Last Will on `online`), SUBSCRIBE `desired` at QoS 1
-(again, with backoff, after a SUBACK 0x80: NATS during a JetStream election), PUBLISH QoS 0/1
-both ways with PUBACK, and a reconnect to the next broker URL when a connection drops.
+(QoS 0 on NATS, see fleet/nats.py; again, with backoff, after a SUBACK 0x80: NATS during a JetStream election), PUBLISH QoS 0/1
+both ways with PUBACK (unacknowledged reports are sent again after a reconnect), and a reconnect
+to the next broker URL when a connection drops.
 
 A device behaves like the agent: it verifies every manifest (edgekit.trust, unless told not to),
 treats a byte-identical redelivery of the manifest it accepted as a no-op, and reports
-downloading -> active on `status` (no download: the bench measures the control plane).
+downloading -> active on `status` (no download: the bench measures the control plane), and
+with `heartbeat_s` repeats its last status that often, as the agent's heartbeat does (which
+repairs a report lost with a broker node).
 
     run_devices(spec) -> Result   # in this process
     Workers(spec, procs)          # N processes; start(), connected(), results()
@@ -21,6 +24,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import random
 import struct
 import time
 from dataclasses import dataclass, field
@@ -28,79 +32,31 @@ from typing import Any
 
 from edgekit import topics
 from edgekit.brokers import suback_retry_delay
+from edgekit.mqttwire import (
+    CONNACK,
+    DISCONNECT,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    connect_packet,
+    packet,
+    parse_publish,
+    publish_packet,
+    split_packets,
+    subscribe_packet,
+)
 from edgekit.protocol import Online, Status, last_will
 
-CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, DISCONNECT = 1, 2, 3, 4, 8, 9, 14
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.5, 16.0
 
 
-# ---- MQTT 3.1.1 wire format (pure functions) -----------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("!H", len(b)) + b
-
-
-def packet(kind: int, flags: int, body: bytes) -> bytes:
-    return bytes([kind << 4 | flags]) + _varint(len(body)) + body
-
-
-def connect_packet(
-    client_id: str, username: str, password: str, will_topic: str, will: bytes, keepalive: int
-) -> bytes:
-    flags = 0x80 | 0x40 | 0x20 | 0x08 | 0x04 | 0x02  # user, password, will retain, will QoS 1, will, clean
-    body = _str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
-    body += _str(client_id) + _str(will_topic) + _str(will) + _str(username) + _str(password)
-    return packet(CONNECT, 0, body)
-
-
-def publish_packet(topic: str, payload: bytes, qos: int = 1, pid: int = 0, retain: bool = False) -> bytes:
-    body = _str(topic) + (struct.pack("!H", pid) if qos else b"") + payload
-    return packet(PUBLISH, qos << 1 | int(retain), body)
-
-
-def subscribe_packet(pid: int, topic: str, qos: int = 1) -> bytes:
-    return packet(SUBSCRIBE, 0x02, struct.pack("!H", pid) + _str(topic) + bytes([qos]))
-
-
-def split_packets(buf: bytearray) -> list[tuple[int, int, bytes]]:
-    """Complete packets at the front of `buf` as (type, flags, body); consumes them."""
-    out, pos, n = [], 0, len(buf)
-    while pos + 2 <= n:
-        length, mult, i = 0, 1, pos + 1
-        while True:
-            if i >= n:
-                del buf[:pos]
-                return out
-            b = buf[i]
-            length += (b & 0x7F) * mult
-            mult *= 128
-            i += 1
-            if not b & 0x80:
-                break
-        if i + length > n:
-            break
-        out.append((buf[pos] >> 4, buf[pos] & 0x0F, bytes(buf[i : i + length])))
-        pos = i + length
-    del buf[:pos]
-    return out
-
-
-def parse_publish(flags: int, body: bytes) -> tuple[str, int, bytes, int]:
-    """(topic, packet id or 0, payload, qos) of an incoming PUBLISH."""
-    (tlen,) = struct.unpack_from("!H", body)
-    topic = body[2 : 2 + tlen].decode()
-    qos = (flags >> 1) & 3
-    pos = 2 + tlen
-    pid = struct.unpack_from("!H", body, pos)[0] if qos else 0
-    return topic, pid, body[pos + (2 if qos else 0) :], qos
+def reconnect_delay(attempt: int, u: float) -> float:
+    """Seconds before reconnect `attempt` (1-based), `u` uniform in [0, 1): exponential backoff
+    with full jitter, 0.5 s doubling up to 16 s, as a real agent's. A fixed short delay makes
+    thousands of devices that a busy broker turned away all come back at once, and again
+    (measured on NATS: 20,000 devices with 0.5 s retries never finished connecting)."""
+    cap = min(RECONNECT_MAX_S, RECONNECT_FIRST_S * 2 ** (attempt - 1))
+    return RECONNECT_FIRST_S / 2 + u * cap
 
 
 # ---- devices -------------------------------------------------------------------------------------
@@ -112,7 +68,9 @@ class Spec:
     brokers: list[tuple[str, int]]
     root_json: bytes = b""  # empty: no verification
     labels: dict[str, str] = field(default_factory=dict)
-    connect_rate: float = 2000.0  # new connections per second (a broker's accept backlog)
+    connect_rate: float = 2000.0  # new connections per second, all processes together
+    sub_qos: int = 1  # of the `desired` subscription (0 on NATS: no JetStream consumer per device)
+    heartbeat_s: float = 0.0  # repeat the last status this often (the agent's default: 30); 0: never
 
 
 @dataclass
@@ -135,7 +93,13 @@ class Device(asyncio.Protocol):
         self.buf = bytearray()
         self.pid = 0
         self.accepted: bytes | None = None
+        # QoS 1 publishes not yet PUBACKed, sent again after a reconnect (as paho does): a report
+        # written to a connection that then broke is not lost.
+        self.unacked: dict[int, tuple[str, bytes, bool]] = {}
+        self.last_status: bytes | None = None  # what the heartbeat repeats
         self.sub_attempt = 0
+        self.connect_attempt = 0  # failed connects in a row: the backoff grows with it
+        self.rng = random.Random(index)  # deterministic jitter per device
         self.verifier: Any = None
         self.t_desired = topics.desired(pool.spec.fleet, device)
         self.t_status = topics.status(pool.spec.fleet, device)
@@ -167,7 +131,9 @@ class Device(asyncio.Protocol):
         if was:
             self.pool.result.reconnects += 1
         self.broker = (self.broker + 1) % len(self.pool.spec.brokers)  # fail over
-        self.pool.loop.call_later(0.5, lambda: self.pool.loop.create_task(self.connect()))
+        self.connect_attempt += 1
+        delay = reconnect_delay(self.connect_attempt, self.rng.random())
+        self.pool.loop.call_later(delay, lambda: self.pool.loop.create_task(self.connect()))
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -178,15 +144,22 @@ class Device(asyncio.Protocol):
                     self.transport.write(packet(PUBACK, 0, struct.pack("!H", pid)))
                 if topic == self.t_desired:
                     self.on_desired(payload)
+            elif kind == PUBACK:
+                self.unacked.pop(struct.unpack_from("!H", body)[0], None)
             elif kind == CONNACK:
                 if body[1] != 0:
                     self.transport.close()  # type: ignore[union-attr]
                     continue
+                self.connect_attempt = 0
                 self.subscribe()
+                again, self.unacked = list(self.unacked.values()), {}
+                for topic, payload, retain in again:
+                    self.publish(topic, payload, retain)
                 spec = self.pool.spec
                 online = Online(self.id, True, spec.labels, "sim").to_json()
                 self.publish(self.t_online, online.encode() if isinstance(online, str) else online, True)
-                self.status("idle")
+                if self.accepted is None:  # later connects: its reports stand (or are sent again)
+                    self.status("idle")
             elif kind == SUBACK:
                 if body[2] >= 0x80:
                     self.pool.result.suback_refusals += 1
@@ -200,11 +173,13 @@ class Device(asyncio.Protocol):
 
     def subscribe(self) -> None:
         if self.transport:
-            self.transport.write(subscribe_packet(self._next_pid(), self.t_desired))
+            self.transport.write(subscribe_packet(self._next_pid(), self.t_desired, self.pool.spec.sub_qos))
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        pid = self._next_pid()
+        self.unacked[pid] = (topic, payload, retain)
         if self.transport:
-            self.transport.write(publish_packet(topic, payload, 1, self._next_pid(), retain))
+            self.transport.write(publish_packet(topic, payload, 1, pid, retain))
 
     def status(self, state: str, m: Any = None) -> None:
         s = Status(
@@ -216,7 +191,8 @@ class Device(asyncio.Protocol):
             rollout=m.rollout if m else None,
         )
         raw = s.to_json()
-        self.publish(self.t_status, raw.encode() if isinstance(raw, str) else raw)
+        self.last_status = raw.encode() if isinstance(raw, str) else raw
+        self.publish(self.t_status, self.last_status)
 
     def on_desired(self, payload: bytes) -> None:
         if not payload:
@@ -280,6 +256,18 @@ class Pool:
         d.verifier.accept(m)
         return m
 
+    async def heartbeats(self) -> None:
+        """Every `heartbeat_s`, each device repeats its last status, as the agent's heartbeat does
+        (agent/updater.py): spread over the period, a slice of the devices each second."""
+        period = max(1, round(self.spec.heartbeat_s))
+        tick = 0
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            tick += 1
+            for d in self.devices[tick % period :: period]:
+                if d.last_status is not None and d.transport:
+                    d.publish(d.t_status, d.last_status)
+
     async def connect_all(self) -> None:
         gap = 1.0 / self.spec.connect_rate
         for d in self.devices:
@@ -299,6 +287,7 @@ def _worker(spec: Spec, conn: Any) -> None:
     async def main() -> None:
         pool = Pool(spec)
         loop = asyncio.get_running_loop()
+        beat = loop.create_task(pool.heartbeats()) if spec.heartbeat_s > 0 else None
         await pool.connect_all()
         done = asyncio.Event()
         loop.add_reader(conn.fileno(), done.set)
@@ -311,6 +300,8 @@ def _worker(spec: Spec, conn: Any) -> None:
         conn.recv()
         pool.result.connected = len(pool.subscribed)
         pool.close()
+        if beat:
+            beat.cancel()
         await asyncio.sleep(0.2)
         conn.send(("result", pool.result))
 
@@ -326,7 +317,8 @@ class Workers:
         shares = [spec.devices[i::procs] for i in range(procs)]
         for share in shares:
             parent, child = ctx.Pipe()
-            part = Spec(**{**spec.__dict__, "devices": share})
+            # the connect rate is the whole fleet's: each process takes its share of it
+            part = Spec(**{**spec.__dict__, "devices": share, "connect_rate": spec.connect_rate / procs})
             p = ctx.Process(target=_worker, args=(part, child), daemon=True)
             self.pipes.append(parent)
             self.procs.append(p)

@@ -58,6 +58,7 @@ class BrokerAccess(BaseModel):
     password_file: FileName = "mqtt.password"
     ca: FileName | None = None
     protocol: Literal["3.1.1", "5"] | None = None  # None: the agent's default (the embedded broker is 3.1.1)
+    desired_qos: Literal[0, 1] | None = None  # None: the agent's default (agent.mqtt.MqttSettings)
 
     @field_validator("url")
     @classmethod

@@ -100,6 +100,8 @@ def enrol_device(cfg: dict[str, Any], device: str, out: Path, url: str | None = 
             ca="ca.pem" if ca else None,
             # amqtt and nats-server 2.9 speak MQTT 3.1.1 only
             protocol="3.1.1" if b["embedded"] or b.get("kind") == "nats" else None,
+            # NATS makes a JetStream consumer per QoS 1 subscription (see agent.mqtt.MqttSettings)
+            desired_qos=0 if b.get("kind") == "nats" else None,
         ),
     )
     password = new_password()

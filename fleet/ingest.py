@@ -12,10 +12,12 @@ one message can cost the other devices' reports in the same batch.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from edgekit import protocol, topics
@@ -48,6 +50,25 @@ REFUSALS = frozenset(
         NOT_OFFERED,
     }
 )
+
+
+# A crash point for fault tests, like agent/faults.py: `EDGEKIT_FLEET_FAULT=before-commit:active`
+# makes the server kill -9 itself with a batch holding an `active` status applied but not yet
+# committed (so not yet acknowledged to the broker). A timed kill from outside cannot hit that
+# window. Unset, it costs one environment lookup per batch.
+FAULT_ENV = "EDGEKIT_FLEET_FAULT"
+BEFORE_COMMIT = "before-commit:"
+
+
+def crash_before_commit(states: Iterable[str]) -> None:
+    """SIGKILL this process if FAULT_ENV is `before-commit:<state>` and `states` (of the status
+    reports in the batch about to commit) holds that state: no cleanup, no flush, no commit."""
+    fault = os.environ.get(FAULT_ENV, "")
+    if fault.startswith(BEFORE_COMMIT) and fault[len(BEFORE_COMMIT) :] in states:
+        log.warning("fault injection: kill -9 before committing a batch (%s)", fault)
+        for h in logging.getLogger().handlers:
+            h.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def decode(device: str, kind: str, payload: bytes) -> Status | Online:
@@ -90,13 +111,15 @@ class Outcomes:
         self._lock = threading.Lock()
         self._logged: dict[str, tuple[float, int, int]] = {}  # reason -> (window start, logged, muted)
 
-    def accepted(self) -> None:
-        with self._lock:
-            self.counts[ACCEPTED] += 1
+    def accepted(self, n: int = 1) -> None:
+        if n:  # no zero entries: a snapshot names only outcomes that happened
+            with self._lock:
+                self.counts[ACCEPTED] += n
 
-    def empty(self) -> None:
-        with self._lock:
-            self.counts[EMPTY] += 1
+    def empty(self, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self.counts[EMPTY] += n
 
     def refused(self, reason: str, where: str, detail: str, level: int = logging.WARNING) -> None:
         with self._lock:

@@ -13,6 +13,13 @@ stops acting before anyone else may take over (the claim is timed once its trans
 before the statement reaches the database). Correctness does not rest on the lease alone:
 every rollout step is a compare-and-set and sequences are assigned in one UPDATE, so even two
 leaders at once never send one device two manifests for one sequence.
+
+A leader also needs the broker: one cut off from it (its network to the broker, not to the
+database) can neither publish nor take reports. LeaseKeeper's `down_for` says for how long it
+has not been able to; at the first claim after `ttl / 3` of that (a failover to the next broker
+node takes less, and is no reason), the leader releases the lease and another replica takes
+over at its next try: within one lease period of the cut (at most 2/3 of it plus the new
+leader's connect).
 """
 
 from __future__ import annotations
@@ -73,17 +80,40 @@ class Lease:
             return repo.lease_holder(self.db.conn, self.name)
 
 
+def give_up(down_for: float, ttl: float) -> bool:
+    """Whether a leader unable to do its work for `down_for` seconds should release the lease."""
+    return down_for >= ttl / 3
+
+
 class LeaseKeeper:
     """Claims the lease every `ttl / 3` in a thread and calls `on_gain` / `on_lose` on changes."""
 
-    def __init__(self, lease: Lease, on_gain: Callable[[], None], on_lose: Callable[[], None]):
-        self.lease, self.on_gain, self.on_lose = lease, on_gain, on_lose
+    def __init__(
+        self,
+        lease: Lease,
+        on_gain: Callable[[], None],
+        on_lose: Callable[[], None],
+        down_for: Callable[[], float] = lambda: 0.0,
+    ):
+        """`down_for`: seconds the leader has been unable to do its work (0.0 while it can)."""
+        self.lease, self.on_gain, self.on_lose, self.down_for = lease, on_gain, on_lose, down_for
         self.leading = False
+        self._benched_until = float("-inf")  # after giving up: let another replica have it first
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def step(self, raise_errors: bool = False) -> bool:
         """One claim and the transition it causes; returns whether this replica now leads."""
+        if self.leading and give_up(self.down_for(), self.lease.ttl):
+            log.warning("replica %s cannot reach the broker; giving up the lease", self.lease.holder)
+            self.lease.release()
+            self._lose()
+            # Not straight back: a connect to a broker that does not answer could hold the lease
+            # for its timeout while a healthy replica waits.
+            self._benched_until = self.lease.clock() + self.lease.ttl
+            return False
+        if not self.leading and self.lease.clock() < self._benched_until:
+            return False
         held = self.lease.claim()
         if held and not self.leading:
             try:

@@ -25,7 +25,16 @@ from fleet import config as fleet_config
 from fleet.acl import DEVICE, DEVICE_RULES, server_filter
 from fleet.credentials import broker_inputs, hash_password
 
-SETTINGS = ("allow_anonymous false", "use_username_as_clientid true")
+SETTINGS = (
+    "allow_anonymous false",
+    "use_username_as_clientid true",
+    # The fleet server acknowledges a status only after committing it (fleet.ingest), so its
+    # session holds every report of a rollout burst unacknowledged for a moment. Mosquitto's
+    # defaults (20 in flight, 1,000 queued per client) would throttle ingestion to one small
+    # batch per commit and then DROP reports beyond the queue: no in-flight cap, a deep queue.
+    "max_inflight_messages 0",
+    "max_queued_messages 100000",
+)
 
 
 def acl_text(fleet: str, server_user: str, devices: Iterable[str]) -> str:

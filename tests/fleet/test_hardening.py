@@ -133,8 +133,10 @@ def test_poison_messages_are_isolated_within_one_batch(tmp_path):
         batch = []
         for i in range(60):
             dev = f"dev-{i:03d}"
-            batch.append((dev, "status", json.dumps(status(dev, "failed", reason="smoke_test")).encode()))
-            batch.append((dev, "status", POISON[i % len(POISON)].replace(b"{d}", dev.encode())))
+            batch.append(
+                (dev, "status", json.dumps(status(dev, "failed", reason="smoke_test")).encode(), None)
+            )
+            batch.append((dev, "status", POISON[i % len(POISON)].replace(b"{d}", dev.encode()), None))
         st.server._apply(batch)  # the engine thread's batch step, as it is
         devices = st.server.devices.list()
         assert len(devices) == 60 and all(d["state"] == "failed" for d in devices)

@@ -1,19 +1,10 @@
 """Broker URL lists and SUBACK retries (edgekit.brokers), the fleet's NATS wiring (config, enrolment,
-accounts.conf), and the bench simulator's MQTT 3.1.1 framing (bench/simulator.py)."""
+accounts.conf), and the MQTT 3.1.1 framing of the bench simulator (edgekit.mqttwire)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.simulator import (
-    PUBLISH,
-    SUBSCRIBE,
-    connect_packet,
-    parse_publish,
-    publish_packet,
-    split_packets,
-    subscribe_packet,
-)
 from edgekit.brokers import (
     SUBSCRIBE_RETRIES,
     Endpoint,
@@ -21,6 +12,15 @@ from edgekit.brokers import (
     endpoints,
     refused,
     suback_retry_delay,
+)
+from edgekit.mqttwire import (
+    PUBLISH,
+    SUBSCRIBE,
+    connect_packet,
+    parse_publish,
+    publish_packet,
+    split_packets,
+    subscribe_packet,
 )
 from fleet import config as fleet_config
 
@@ -88,6 +88,14 @@ def test_enrolment_on_nats_refuses_dotted_ids_and_rewrites_accounts(tmp_path):
     e = enrol_device(cfg, "box-1", tmp_path / "b1")
     assert e.bundle.enrolment.broker.url == "mqtt://n1:1883"
     assert e.bundle.enrolment.broker.protocol == "3.1.1"
+    # Retained desired state at QoS 0: NATS makes no JetStream consumer per device (agent.mqtt).
+    assert e.bundle.enrolment.broker.desired_qos == 0
+    from agent.config import load_agent_config
+    from agent.mqtt import MqttSettings
+
+    (tmp_path / "agent.toml").write_text(f'[agent]\nenrolment = "{tmp_path / "b1"}"\n')
+    agent_cfg = load_agent_config(tmp_path / "agent.toml")
+    assert MqttSettings.from_dict(agent_cfg["mqtt"]).desired_qos == 0
     accounts = (nats_dir / "accounts.conf").read_text()
     assert '"box-1"' in accounts and "$2b$" in accounts
     assert (nats_dir / "accounts.conf").stat().st_mode & 0o777 == 0o600
@@ -112,7 +120,7 @@ def test_nats_config_command_writes_every_node(tmp_path):
     assert "nats-route://127.0.0.1:6223" in (tmp_path / "o" / "node-nats-1.conf").read_text()
 
 
-def test_simulator_framing_round_trips_split_anywhere():
+def test_mqtt_framing_round_trips_split_anywhere():
     pub = publish_packet("edgekit/f/devices/d/desired", b"x" * 300, qos=1, pid=7, retain=True)
     stream = connect_packet("d", "d", "pw", "t", b"w", 0) + pub + subscribe_packet(9, "a/b")
     buf, got = bytearray(), []

@@ -8,91 +8,32 @@ rollout completes with no device ever sent two different manifests for one seque
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from fleet import admin_tokens
+from fleet.db import open_database
 from fleet.keys import KeyStore
+from fleet.lease import Lease, LeaseKeeper, give_up
 from fleet.server import open_state
 from tests.fleet.conftest import FLEET
 from tests.fleet.helpers import wait_for
 from tests.support import mosquitto
 from tests.support.convert_output import make_convert_output
 from tests.support.devices import DevicePool
-from tests.support.net import free_ports
-from tests.support.procs import stop_process
+from tests.support.replicas import Replica, sequences
 
 pytestmark = [
     pytest.mark.timeout(240),
     pytest.mark.skipif(not mosquitto.available(), reason="mosquitto not installed"),
 ]
-REPO = Path(__file__).resolve().parents[2]
 LEASE = 3.0
 N = 20
 PW = "pw"
-
-
-def sequences(payloads: list[bytes]) -> dict[int, set[bytes]]:
-    out: dict[int, set[bytes]] = defaultdict(set)
-    for p in payloads:
-        if p:
-            out[json.loads(p)["signed"]["sequence"]].add(p)
-    return out
-
-
-class Replica:
-    def __init__(self, name: str, tmp: Path, state: Path, db: str, m: mosquitto.Mosquitto):
-        http_port, self.admin_port = free_ports(2)
-        self.name = name
-        self.config = tmp / f"{name}.toml"
-        self.config.write_text(
-            f'[server]\nfleet = "{FLEET}"\nstate_dir = "{state}"\ndb = "{db}"\n'
-            f'replica_id = "{name}"\nlease_seconds = {LEASE}\ntick_seconds = 0.1\n'
-            f'[broker]\nembedded = false\nhost = "127.0.0.1"\nport = {m.port}\n'
-            f'username = "{m.server_user}"\npassword = "{m.server_password}"\n'
-            f"[http]\nport = {http_port}\n[admin]\nport = {self.admin_port}\n"
-        )
-        self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Replica:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgekit", "fleet", "serve", "--config", str(self.config)],
-            cwd=REPO,
-            stdout=self.log,
-            stderr=self.log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        return self
-
-    def api(self, token: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"http://127.0.0.1:{self.admin_port}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-
-    def health(self, token: str) -> dict[str, Any] | None:
-        try:
-            with self.api(token) as c:
-                r = c.get("/api/health")
-        except httpx.HTTPError:
-            return None
-        return r.json() if r.status_code == 200 else None
-
-    def stop(self) -> None:
-        if self.proc:
-            stop_process(self.proc)
-        self.log.close()
 
 
 @pytest.fixture
@@ -101,14 +42,18 @@ def replicas(tmp_path: Path, pg_server: Any) -> Any:
     state = tmp_path / "state"  # shared: keys and artifacts (a shared volume or S3 in production)
     users = {f"dev-{i:03d}": PW for i in range(N)}
     with mosquitto.Mosquitto(FLEET, users) as m:
-        a = Replica("a", tmp_path, state, db, m).start()
+
+        def replica(name: str) -> Replica:
+            return Replica(name, tmp_path, state, db, FLEET, m.port, m.server_user, m.server_password, LEASE)
+
+        a = replica("a").start()
         b: Replica | None = None
         try:
             # the first start creates the keys: let it finish before the second one reads them
             wait_for(
                 lambda: (state / "admin.token").exists() and a.proc and a.proc.poll() is None, 60, "a up"
             )
-            b = Replica("b", tmp_path, state, db, m).start()
+            b = replica("b").start()
             # any replica accepts any token of the database: this one was made by neither
             database, _store, registry = open_state(state, None, db)
             token = admin_tokens.issue(database, "test")
@@ -119,7 +64,7 @@ def replicas(tmp_path: Path, pg_server: Any) -> Any:
             for r in (b, a):
                 if r:
                     r.stop()
-            print((tmp_path / "a.log").read_text()[-3000:], (tmp_path / "b.log").read_text()[-3000:])
+            print(a.log_tail(), b.log_tail() if b else "")
 
 
 def test_leader_killed_mid_rollout_the_other_replica_completes_it(replicas):
@@ -172,3 +117,47 @@ def test_leader_killed_mid_rollout_the_other_replica_completes_it(replicas):
         assert hb and hb["messages_in"] > 0 and hb["outbox_published"] > 0
     finally:
         pool.stop()
+
+
+class Steps:
+    """A LeaseKeeper's on_gain / on_lose, recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def gain(self) -> None:
+        self.events.append("gain")
+
+    def lose(self) -> None:
+        self.events.append("lose")
+
+
+def test_give_up_after_a_third_of_the_lease_without_the_broker() -> None:
+    assert not give_up(0.0, 3.0)
+    assert not give_up(0.9, 3.0)  # a failover to the next broker node takes less
+    assert give_up(1.0, 3.0)
+    assert give_up(float("inf"), 3.0)  # no link at all
+
+
+def test_a_leader_cut_off_from_the_broker_releases_and_the_other_takes_over(tmp_path: Path) -> None:
+    db = open_database("", tmp_path)
+    now = [100.0]
+    down = {"a": 0.0}
+    sa, sb = Steps(), Steps()
+    a = LeaseKeeper(Lease(db, "a", 3.0, clock=lambda: now[0]), sa.gain, sa.lose, lambda: down["a"])
+    b = LeaseKeeper(Lease(db, "b", 3.0, clock=lambda: now[0]), sb.gain, sb.lose)
+    try:
+        assert a.step() and not b.step()
+        down["a"] = 0.5  # a broker failover in progress: no reason to step down
+        assert a.step() and not b.step()
+        down["a"] = 1.5
+        assert not a.step()  # released at once, not left to expire
+        assert sa.events == ["gain", "lose"]
+        assert b.step() and sb.events == ["gain"]
+        down["a"] = 0.0
+        now[0] += 1.0
+        assert not a.step()  # benched for a lease period, then a follower like any other
+        now[0] += 3.0
+        assert not a.step() and b.step()
+    finally:
+        db.close()

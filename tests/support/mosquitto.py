@@ -76,8 +76,6 @@ class Mosquitto:
             f"{self._security()}"
             "persistence false\n"
             "user root\n"
-            "max_queued_messages 100000\n"
-            "max_inflight_messages 0\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
         )
@@ -86,10 +84,10 @@ class Mosquitto:
         try:
             wait_port(self.port)
         except TimeoutError:
+            self.terminate()
+            log = self.log_text()  # before stop() removes the directory it is in
             self.stop()
-            raise RuntimeError(
-                f"mosquitto did not start: {(self.dir / 'mosquitto.log').read_text()}"
-            ) from None
+            raise RuntimeError(f"mosquitto did not start: {log}") from None
         return self
 
     def _security(self) -> str:
