@@ -17,6 +17,9 @@ def agent_run(
     config: Path = typer.Option(..., "--config", "-c", help="agent.toml (see deploy/agent.toml)."),
 ) -> None:
     """Run the agent daemon until SIGTERM/SIGINT."""
+    from agent import prefetch
+
+    prefetch.start()  # uvicorn's import overlaps the models' load (agent/prefetch.py)
     from agent.daemon import run_daemon
 
     run_daemon(config)

@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 
 from agent.breaker import CircuitBreaker
 from agent.oip import HEADER_LENGTH, decode_response, encode_request
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class CloudClient:
         self.retries = max(0, retries)
         self.breaker = breaker or CircuitBreaker()
         self.binary = binary
+        import httpx  # here, not at import: a box with no cloud endpoint starts without it
+
         self._client = httpx.Client(
             timeout=timeout,
             headers=headers,
@@ -112,6 +116,8 @@ class CloudClient:
         self, model: str, body: bytes, headers: dict[str, str], left: float, budget: float
     ) -> tuple[bool, CloudResult | CloudError]:
         """One POST, classified: (did the link work?, the result or the error to act on)."""
+        import httpx  # loaded by __init__: a dict lookup
+
         try:
             r = self._client.post(
                 f"{self.url}/v2/models/{quote(model, safe='')}/infer",
@@ -139,6 +145,8 @@ class CloudClient:
 
     def ready(self, model: str | None = None) -> bool:
         path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
+        import httpx
+
         try:
             return self._client.get(self.url + path, timeout=self.timeout).status_code == 200
         except httpx.HTTPError:

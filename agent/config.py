@@ -42,6 +42,10 @@ class AgentSection(Section):
     heartbeat_s: float = Field(30.0, gt=0)
     verify_on_start: bool = True
     labels: Labels = Field(default_factory=dict)  # the wire rules of the `online` message
+    # shadow canary (agent.shadow): share of answered requests mirrored to a model's shadow
+    # version, and how many may wait for it (more are dropped, and counted)
+    shadow_sample: float = Field(0.5, ge=0, le=1)
+    shadow_queue: int = Field(4, ge=1, le=1024)
 
 
 class ServerSection(Section):

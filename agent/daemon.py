@@ -26,6 +26,7 @@ from agent.health_window import HealthWindow
 from agent.metrics import Metrics
 from agent.models import ModelRegistry, RuntimeTuning, set_runtime_tuning
 from agent.server import ServerThread, build_app
+from agent.shadow import SHADOW_THREADS, ShadowMirror
 from agent.state import StateStore
 from agent.store import Entry, ModelStore
 from agent.updater import Updater
@@ -63,6 +64,9 @@ class Agent:
             metrics=self.metrics,
             batching=configs_from(cfg["models"]),
         )
+        # shadow versions, compared on a sampled share of answered requests (agent.shadow)
+        self.shadows = ShadowMirror(self.registry, float(a["shadow_sample"]), int(a["shadow_queue"]))
+        self.engine.shadow = self.shadows
         self.updater: Updater | None = None
         self.mqtt = None
         self.server: ServerThread | None = None
@@ -123,6 +127,7 @@ class Agent:
                 download_opts=self._download_opts(),
                 base_url=self.cfg["download"]["base_url"] or None,
                 labels=dict(a["labels"]),
+                shadows=self.shadows,
             )
             # Serve what the pointers name (a pointer only ever names a verified, smoke-tested
             # blob); interrupted updates are resumed or rolled back by the updater thread first
@@ -167,11 +172,21 @@ class Agent:
                 self.registry.put(
                     load_model(name, self.store.blob_path(e.sha256, e.format), e.version, sha256=e.sha256)
                 )
+            s = self.store.shadow(name)
+            if e and s:  # installed by an update before MQTT was turned off: still compared
+                path = self.store.blob_path(s.sha256, s.format)
+                self.shadows.set(load_model(name, path, s.version, sha256=s.sha256, threads=SHADOW_THREADS))
 
     def _report(self, msg: dict[str, Any]) -> None:
         if self.mqtt is not None:
             if msg.get("heartbeat") and self._health is not None:
                 msg = {**msg, "health": self._health}
+            drift = self.engine.drift.report() if msg.get("heartbeat") else None
+            if drift:  # what each version was served since it loaded (agent.drift)
+                msg = {**msg, "drift": drift}
+            shadow = self.shadows.stats()
+            if shadow:  # every status and heartbeat carries them (edgekit.protocol.ShadowStats)
+                msg = {**msg, "shadow": shadow}
             self.mqtt.publish_status(msg)
 
     def _heartbeat(self) -> None:
@@ -196,6 +211,7 @@ class Agent:
         }
         if self.engine.cloud is not None:
             out["cloud_breaker"] = self.engine.cloud.breaker.state
+        out["shadow"] = self.shadows.stats()
         if self.updater:
             out["updates"] = self.updater.snapshot()
         return out
@@ -208,6 +224,7 @@ class Agent:
             self.updater.stop()
         if self.server is not None:
             self.server.stop()
+        self.shadows.close()
         self.engine.close()
 
     def wait(self) -> None:

@@ -26,6 +26,7 @@ from agent import fallback as fb
 from agent.batcher import Batcher, BatchingConfig, Entry
 from agent.breaker import CLOSED
 from agent.cloud import HTTP_ERROR, CloudClient, CloudError
+from agent.drift import DriftRecorder
 from agent.metrics import Metrics
 from agent.models import LoadedModel, ModelRegistry
 from agent.oip import OIPError
@@ -80,6 +81,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.metrics.bind_models(self.registry.all)
         self.stats = Statistics()
+        self.drift = DriftRecorder()  # what was served, per version (heartbeat `drift`)
         # Only used for local deadlines: the waiting thread gives up, the worker finishes in the
         # background (a C++ session.run cannot be interrupted).
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgekit-local")
@@ -87,6 +89,7 @@ class Engine:
         self._batchers: dict[str, Batcher] = {}
         self._batchers_lock = threading.Lock()
         self._unbatchable: set[str] = set()  # configured for batching, but no batch axis (warned once)
+        self.shadow: Any = None  # agent.shadow.ShadowMirror: the server offers it answered requests
 
     def close(self) -> None:
         for b in list(self._batchers.values()):
@@ -184,6 +187,7 @@ class Engine:
         except OIPError:
             self._failed(model, timing)
             raise
+        self.drift.observe_inputs(model, feeds)
         timing.input_ns += int((time.perf_counter() - t0) * 1e9)
 
     def batcher(self, model: LoadedModel) -> Batcher | None:
@@ -297,10 +301,10 @@ class Engine:
             return self._cloud_first(name, model, feeds, pol, timing)
         return self._local_first(name, model, feeds, pol, timing)
 
-    @staticmethod
     def _local_result(
-        model: LoadedModel, outputs, reason: str | None, detail: str | None = None
+        self, model: LoadedModel, outputs, reason: str | None, detail: str | None = None
     ) -> InferResult:
+        self.drift.observe_outputs(model, outputs)
         return InferResult(model.name, outputs, LOCAL, model.version, reason, detail)
 
     def _cloud(self, name: str, feeds, pol: fb.Policy, reason: str | None) -> InferResult:

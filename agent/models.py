@@ -182,6 +182,25 @@ def warm_up(model: LoadedModel) -> None:
     model.last_compute_s = time.perf_counter() - t0
 
 
+# How long a model an update replaced is kept referenced after the swap (see _retire).
+RETIRE_S = 2.0
+
+
+def _retire(models: list[LoadedModel]) -> None:
+    """Drop the last references to swapped-out models on a timer thread, RETIRE_S later.
+
+    A runtime is freed by whichever thread drops its last reference. Right after a swap that is
+    often a request thread still running on the old version: freeing an onnxruntime session
+    (its arena, joining its thread pool) took ~5 ms there, on that request's latency. By
+    RETIRE_S the requests that looked the old model up have answered, so the timer thread frees
+    it instead (a request still holding it after that frees it as before)."""
+    if models:
+        timer = threading.Timer(RETIRE_S, models.clear)
+        timer.daemon = True
+        timer.name = "edgekit-retire"
+        timer.start()
+
+
 class ModelRegistry:
     """name -> loaded versions of that model, in activation order (the last one is the active one).
 
@@ -221,14 +240,17 @@ class ModelRegistry:
     def put(self, model: LoadedModel) -> LoadedModel | None:
         """Activate `model` (a hot swap); return the version it replaced as the active one."""
         with self._lock:
-            loaded = dict(self._models.get(model.name, {}))
+            before = self._models.get(model.name, {})
+            loaded = dict(before)
             old = next(reversed(loaded.values())) if loaded else None
             loaded.pop(model.version, None)  # re-activating a version moves it to the end
             loaded[model.version] = model
             keep = versions.to_keep(self.policy(model.name), list(loaded))
-            self._models = {**self._models, model.name: {v: loaded[v] for v in keep}}
+            kept = {v: loaded[v] for v in keep}
+            self._models = {**self._models, model.name: kept}
             self._unloaded.pop(model.name, None)  # an update supersedes what was unloaded
-            return old
+        _retire([m for v, m in before.items() if m is not kept.get(v)])
+        return old
 
     def remove(self, name: str) -> LoadedModel | None:
         """Drop every version of `name`; return the one that was active."""

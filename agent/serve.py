@@ -12,7 +12,7 @@ from agent.batcher import BatchingConfig
 from agent.config import DEFAULTS, admin_token
 from agent.engine import Engine
 from agent.models import ModelRegistry, RuntimeTuning, load_model, set_runtime_tuning
-from agent.server import build_app, http_protocol
+from agent.server import build_app, settle_heap, uvicorn_config
 from agent.versions import ALL
 from edgekit.config import load_config
 from edgekit.errors import ConfigError
@@ -122,9 +122,7 @@ def serve_files(
             engine, max_body=max_body, admin_token=_admin_token_from_env(), server_name=SERVER_NAME
         )
         print(f"{SERVER_NAME}: {', '.join(engine.registry.names())} on http://{host}:{port}", flush=True)
-        config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", http=http_protocol()
-        )
-        uvicorn.Server(config).run(sockets=[sock])
+        settle_heap()
+        uvicorn.Server(uvicorn_config(app)).run(sockets=[sock])
     finally:
         sock.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import threading
@@ -69,6 +70,7 @@ BATCH_WAITERS = 256
 # What this server implements of the KServe V2 / Triton extensions (server metadata lists them).
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "statistics"]
 _ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -77,9 +79,20 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or OIPError(413/400); ClientDisconnect when the client hangs up mid-body."""
-    declared = request.headers.get("content-length")
+def _header_table(request: Request) -> dict[bytes, bytes]:
+    """The request's headers by (lower-case, per ASGI) name, the first of duplicates winning as in
+    Starlette's `headers.get`: one pass, where each `headers.get` is a scan that decodes every
+    header (four of them were a tenth of the handler's time on a tiny model)."""
+    return dict(reversed(request.scope["headers"]))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+async def _read_body(request: Request, limit: int, declared: str | None) -> bytes:
+    """The whole body, or OIPError(413/400); ClientDisconnect when the client hangs up mid-body.
+    `declared`: the request's Content-Length header."""
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise OIPError(400, "invalid Content-Length")
@@ -149,6 +162,8 @@ def _encode(engine: Engine, name: str, req: InferRequest, result: InferResult) -
     )
     if result.served_by == LOCAL and result.model_version is not None:
         engine.stats.output(name, result.model_version, int((time.perf_counter() - t1) * 1e9))
+        if engine.shadow is not None:  # a coin flip and a non-blocking put (agent/shadow.py)
+            engine.shadow.offer(name, result.model_version, req.inputs, result.outputs)
     return encoded
 
 
@@ -166,8 +181,10 @@ def _check_classification(engine: Engine, name: str, version: str | None, wanted
 
 
 def _compressed(body: bytes, accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:
+    if len(body) < compression.MIN_COMPRESS:  # first: a small answer need not parse the header
+        return body, {"Vary": "Accept-Encoding"}
     coding = compression.choose_encoding(accept_encoding)
-    if coding is None or len(body) < compression.MIN_COMPRESS:
+    if coding is None:
         return body, {"Vary": "Accept-Encoding"}
     return compression.encode_body(body, coding), {"Content-Encoding": coding, "Vary": "Accept-Encoding"}
 
@@ -345,13 +362,14 @@ def build_app(
         name = request.path_params["name"]
         if not engine.knows(name):
             return _error(404, f"unknown model {name!r}")
+        table = _header_table(request)
         headers = {
-            "header_length": request.headers.get(HEADER_LENGTH),
-            "content_encoding": request.headers.get("content-encoding"),
-            "accept_encoding": request.headers.get("accept-encoding"),
+            "header_length": _text(table.get(_HEADER_LENGTH_KEY)),
+            "content_encoding": _text(table.get(b"content-encoding")),
+            "accept_encoding": _text(table.get(b"accept-encoding")),
         }
         try:
-            raw = await _read_body(request, max_body)
+            raw = await _read_body(request, max_body, _text(table.get(b"content-length")))
             timing = Timing()  # the body is in: from here on the time is ours
             version = version_of(request)
             args = (engine, name, version, raw, headers, timing, max_body)
@@ -506,7 +524,7 @@ def build_app(
 
 async def _admin_doc(request: Request) -> dict[str, Any]:
     """A repository request's JSON body ({} when empty), or OIPError(400/413/415)."""
-    raw = await _read_body(request, MAX_ADMIN_BODY)
+    raw = await _read_body(request, MAX_ADMIN_BODY, request.headers.get("content-length"))
     body = compression.decode_body(raw, request.headers.get("content-encoding"), MAX_ADMIN_BODY)
     if not body.strip():
         return {}
@@ -592,22 +610,53 @@ def http_protocol() -> type[asyncio.Protocol]:
     return CoalescingHttpToolsProtocol
 
 
+def event_loop() -> str:
+    """The OIP server's event loop, spelled out: uvicorn's default ("auto") would switch to uvloop
+    whenever it happens to be installed. uvloop did not win clearly on the agent's request path
+    (bench/agent.py --ab default,uvloop: tiny-model HTTP p50 overhead within the box's noise),
+    so it is no dependency; ServerThread and `edgekit serve` honour the same choice."""
+    import importlib.util
+
+    return "uvloop" if EVENT_LOOP == "uvloop" and importlib.util.find_spec("uvloop") else "asyncio"
+
+
+EVENT_LOOP = "asyncio"  # "uvloop" where installed: the bench's A/B sets it
+
+
+def uvicorn_config(app: Any, **kw: Any) -> Any:
+    """The uvicorn.Config every OIP server runs with (`edgekit serve`, the daemon, tests)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        loop=event_loop(),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http=http_protocol(),
+        ws="none",  # no websocket routes: "auto" imported the websockets package at start (25+ ms)
+        **kw,
+    )
+
+
+def settle_heap() -> None:
+    """When serving starts: move every object start-up made (imports: pydantic, numpy,
+    onnxruntime; the loaded models) to the permanent generation. A full collection otherwise
+    walks all of them, 0.1-0.3 s measured on a loaded 2-core box, on whichever thread's
+    allocation triggers it: a request's, or an update's loading its new model (the hot-swap
+    p99). Afterwards the collector walks only what came later. No gc.collect() first: it costs
+    that same pause before ready, and start-up leaves next to no cyclic garbage. Frozen objects
+    are still freed by reference counting, so a replaced model is freed as before."""
+    gc.freeze()
+
+
 class ServerThread:
     """Run an ASGI app under uvicorn in a background thread (tests, the daemon, the bench)."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
         import uvicorn
 
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-            http=http_protocol(),
-        )
+        config = uvicorn_config(app, host=host, port=port, timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._run, name="edgekit-oip", daemon=True)
@@ -615,9 +664,17 @@ class ServerThread:
         self.port = port
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        # the config's loop, made here: uvicorn applies it only in Server.run, which owns the thread
+        factory = None
+        if self.server.config.loop == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(self.server.serve())
 
     def start(self, timeout: float = 10.0) -> ServerThread:
+        settle_heap()
         self._thread.start()
         end = time.monotonic() + timeout
         while not self.server.started:

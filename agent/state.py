@@ -1,7 +1,11 @@
 """Durable per-model update state machine.
 
   idle -> downloading -> verifying -> staged -> smoke_tested -> active
+                                               smoke_tested -> shadow  (a shadow manifest)
   any in-progress state -> failed -> rolled_back
+
+`shadow` ends a shadow manifest: its version is installed beside the active one (the store's
+pointer names it as the model's shadow) and compared on mirrored requests, never served.
 
 Every transition is written (fsync + rename) *before* it is reported, so after kill -9 or a
 power loss the file says exactly how far an update got; `resume_action` turns that into what a
@@ -26,18 +30,20 @@ SMOKE_TESTED = "smoke_tested"
 ACTIVE = "active"
 FAILED = "failed"
 ROLLED_BACK = "rolled_back"
+SHADOW = "shadow"
 
-STATES = (IDLE, DOWNLOADING, VERIFYING, STAGED, SMOKE_TESTED, ACTIVE, FAILED, ROLLED_BACK)
+STATES = (IDLE, DOWNLOADING, VERIFYING, STAGED, SMOKE_TESTED, ACTIVE, FAILED, ROLLED_BACK, SHADOW)
 IN_PROGRESS = frozenset({DOWNLOADING, VERIFYING, STAGED, SMOKE_TESTED})
-TERMINAL = frozenset({IDLE, ACTIVE, ROLLED_BACK})
+TERMINAL = frozenset({IDLE, ACTIVE, ROLLED_BACK, SHADOW})
 
 _ALLOWED: dict[str, frozenset[str]] = {
     IDLE: frozenset({DOWNLOADING}),
     DOWNLOADING: frozenset({DOWNLOADING, VERIFYING, FAILED}),
     VERIFYING: frozenset({VERIFYING, STAGED, FAILED}),
     STAGED: frozenset({STAGED, SMOKE_TESTED, FAILED}),
-    SMOKE_TESTED: frozenset({SMOKE_TESTED, ACTIVE, FAILED}),
+    SMOKE_TESTED: frozenset({SMOKE_TESTED, ACTIVE, SHADOW, FAILED}),
     ACTIVE: frozenset({DOWNLOADING}),
+    SHADOW: frozenset({DOWNLOADING}),
     FAILED: frozenset({ROLLED_BACK}),
     ROLLED_BACK: frozenset({DOWNLOADING}),
 }

@@ -4,11 +4,14 @@ Layout under `root`:
   blobs/<sha256><ext>          verified artifacts, immutable, named by their digest
   incoming/<sha256><ext>.part  downloads in progress (never loaded); at most one per artifact,
                                and failed ones are capped (prune_parts) so they cannot pile up
-  models/<name>/pointer.json   {"active": entry, "previous": entry}; replaced atomically
+  models/<name>/pointer.json   {"active": entry, "previous": entry, "shadow": entry?};
+                               replaced atomically
 
 A blob only enters `blobs/` after its size and sha256 were checked, so whatever a pointer names
 is whole. Activation rewrites one small JSON file with os.replace: a crash leaves the old or the
 new pointer, never a mix. The previous entry is kept so rollback is one more pointer write.
+The optional shadow entry names a verified, smoke-tested version installed beside the active
+one for comparison (agent.shadow); it never serves, and activation or rollback leave it alone.
 """
 
 from __future__ import annotations
@@ -130,10 +133,7 @@ class ModelStore:
             active, _previous = self.pointer(name)
             if active and active.sha256 == entry.sha256 and active.version == entry.version:
                 return  # already active (e.g. resuming after a crash right after the swap)
-            atomic_write_json(
-                self._pointer_file(name),
-                {"active": asdict(entry), "previous": asdict(active) if active else None},
-            )
+            self._write(name, entry, active, self.shadow(name))
 
     def rollback(self, name: str) -> Entry | None:
         """Make `previous` active again. Returns the entry now active (None if there was none)."""
@@ -141,11 +141,31 @@ class ModelStore:
             active, previous = self.pointer(name)
             if previous is None:
                 return active
-            atomic_write_json(
-                self._pointer_file(name),
-                {"active": asdict(previous), "previous": asdict(active) if active else None},
-            )
+            self._write(name, previous, active, self.shadow(name))
             return previous
+
+    def shadow(self, name: str) -> Entry | None:
+        data = read_json(self._pointer_file(name), {}) or {}
+        return Entry.from_dict(data.get("shadow"))
+
+    def set_shadow(self, name: str, entry: Entry | None) -> None:
+        """Name `entry` as the model's shadow (one per model), or drop the shadow (None)."""
+        if entry is not None and not self.has_blob(entry.sha256, entry.format):
+            raise FileNotFoundError(f"blob {entry.sha256}{entry.suffix} is not in the store")
+        with self._lock:
+            active, previous = self.pointer(name)
+            if entry is None and self.shadow(name) is None:
+                return
+            self._write(name, active, previous, entry)
+
+    def _write(self, name: str, active: Entry | None, previous: Entry | None, shadow: Entry | None) -> None:
+        doc: dict[str, Any] = {
+            "active": asdict(active) if active else None,
+            "previous": asdict(previous) if previous else None,
+        }
+        if shadow is not None:  # absent rather than null: pointers without one stay as they were
+            doc["shadow"] = asdict(shadow)
+        atomic_write_json(self._pointer_file(name), doc)
 
     def prune_parts(self, keep: set[str], keep_failed: int = KEEP_FAILED_PARTS) -> list[Path]:
         """Bound partial downloads: keep those of `keep` digests plus `keep_failed` others."""
@@ -164,7 +184,7 @@ class ModelStore:
         """Delete blobs no pointer names (and stale parts not in `keep`)."""
         referenced = set(keep or ())
         for name in self.model_names():
-            for e in self.pointer(name):
+            for e in (*self.pointer(name), self.shadow(name)):
                 if e:
                     referenced.add(e.sha256)
         removed = []

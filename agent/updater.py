@@ -20,6 +20,12 @@ is verified against the artifact's signed sha256 before it is staged, and any fa
 back to the full download. The outcome goes out on `status` as `delta: used|fallback:<reason>`.
 The manifest's provenance row for the installed artifact is kept with the pointer entry and
 shown in model metadata and /agent/status.
+
+A manifest with mode "shadow" takes the same path up to the smoke test, then ends in state
+`shadow` instead of `active`: its version is named as the model's shadow in the store's pointer
+(so a restart loads it again) and handed to the mirror (agent.shadow), never to the registry.
+Any newer manifest for the model drops its shadow; an active one naming the shadow's sha256 is
+its promotion and finds the blob already in the store (content-addressed: no second download).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from agent.durable import atomic_write_json, read_json
 from agent.faults import crash_point
 from agent.metrics import Metrics
 from agent.models import LoadedModel, ModelRegistry, load_model
+from agent.shadow import SHADOW_THREADS, ShadowMirror
 from agent.state import ModelState, StateStore
 from agent.store import Entry, ModelStore
 from edgekit import provenance as P
@@ -120,8 +127,10 @@ class Updater:
         download_opts: dict[str, Any] | None = None,
         base_url: str | None = None,
         labels: dict[str, str] | None = None,
+        shadows: ShadowMirror | None = None,
     ):
         self.store, self.states, self.registry = store, states, registry
+        self.shadows = shadows  # None: shadow manifests are installed and kept, not compared
         self.fleet, self.device = fleet, device
         self.trust_file = Path(trust_file)
         self.formats = formats or ["onnx", "tflite"]
@@ -348,6 +357,7 @@ class Updater:
         if st.state in S.IN_PROGRESS or st.state == S.FAILED:
             # A newer manifest supersedes an interrupted one: close the old attempt cleanly.
             self._fail_and_rollback(m.model, SUPERSEDED, f"sequence {m.sequence} replaced {st.sequence}")
+        self._drop_shadow(m.model)  # one shadow per model, and any newer manifest replaces it
         # This one write records both the accepted sequence and the update it starts.
         self._go(m.model, S.DOWNLOADING, version=m.version, sequence=m.sequence, manifest=m.envelope)
         crash_point("after_sequence_persist")
@@ -432,10 +442,12 @@ class Updater:
                         raise UpdateFailed(e.reason, e.detail) from e
                 st = self._go(name, S.STAGED)
             # staged / smoke_tested: (re)load and (re)test; both are idempotent and cheap
-            model = self._load(m, art)
+            model = self._load(m, art, threads=SHADOW_THREADS if m.mode == "shadow" else self.threads)
             if st.state == S.STAGED:
                 self._smoke(m, art, model)
                 st = self._go(name, S.SMOKE_TESTED)
+            if m.mode == "shadow":
+                return self._install_shadow(m, art, model)
             entry = Entry(
                 version=m.version,
                 sha256=art.sha256,
@@ -460,6 +472,32 @@ class Updater:
             log.exception("%s: update failed", name)
             self._fail_and_rollback(name, "internal", f"{type(e).__name__}: {e}")
             return "rolled_back:internal"
+
+    def _install_shadow(self, m: Manifest, art, model: LoadedModel) -> str:
+        """Keep the smoke-tested version beside the active one: named in the pointer (durable
+        first), then compared on mirrored requests. The registry, which serves, never sees it."""
+        self.store.set_shadow(
+            m.model,
+            Entry(
+                version=m.version,
+                sha256=art.sha256,
+                format=_file_type(art),
+                sequence=m.sequence,
+                card=m.model_card,
+                extra=self._entry_extra(m, art),
+            ),
+        )
+        if self.shadows is not None:
+            self.shadows.set(model)
+        self._go(m.model, S.SHADOW)
+        self.store.gc(keep=self._in_progress_digests())
+        return "shadow"
+
+    def _drop_shadow(self, name: str) -> None:
+        """Forget the model's shadow (its blob stays until gc: a promotion reuses it)."""
+        self.store.set_shadow(name, None)
+        if self.shadows is not None:
+            self.shadows.drop(name)
 
     def _in_progress_digests(self) -> set[str]:
         out = set()
@@ -547,7 +585,7 @@ class Updater:
             detail = "a newer manifest arrived during the download" if e.reason == CANCELLED else str(e)
             raise UpdateFailed(_update_reason(e.reason), detail) from None
 
-    def _load(self, m: Manifest, art) -> LoadedModel:
+    def _load(self, m: Manifest, art, threads: int | None) -> LoadedModel:
         try:
             card = ModelCard.from_dict(m.model_card) if m.model_card else None
         except (TypeError, ValueError, KeyError):
@@ -559,7 +597,7 @@ class Updater:
                 m.version,
                 card=card,
                 sha256=art.sha256,
-                threads=self.threads,
+                threads=threads,
             )
         except Exception as e:
             raise UpdateFailed("load", f"{type(e).__name__}: {e}") from e
@@ -615,7 +653,7 @@ class Updater:
             return
         self.registry.put(self.load_entry(name, entry))
 
-    def load_entry(self, name: str, entry: Entry) -> LoadedModel:
+    def load_entry(self, name: str, entry: Entry, shadow: bool = False) -> LoadedModel:
         card = ModelCard.from_dict(entry.card) if entry.card else None
         model = load_model(
             name,
@@ -623,11 +661,12 @@ class Updater:
             entry.version,
             card=card,
             sha256=entry.sha256,
-            threads=self.threads,
+            threads=SHADOW_THREADS if shadow else self.threads,
         )
         if entry.extra.get("provenance"):
             model.extra["provenance"] = entry.extra["provenance"]
-        self.metrics.set_model(name, entry.version, entry.sha256)
+        if not shadow:
+            self.metrics.set_model(name, entry.version, entry.sha256)
         return model
 
     def load_active(self, verify: bool = True) -> list[str]:
@@ -649,7 +688,28 @@ class Updater:
                     log.warning("%s: serving previous version %s", name, entry.version)
                 loaded.append(name)
                 break
+            self._load_shadow(name, verify)
         return loaded
+
+    def _load_shadow(self, name: str, verify: bool) -> None:
+        """At start-up: the shadow the pointer names goes back to the mirror (statistics restart)."""
+        entry = self.store.shadow(name)
+        if entry is None or self.shadows is None:
+            return
+        from agent.store import sha256_file
+
+        blob = self.store.blob_path(entry.sha256, entry.format)
+        if verify and (not blob.exists() or sha256_file(blob) != entry.sha256):
+            log.error(
+                "%s: blob of shadow version %s is missing or damaged: shadow dropped", name, entry.version
+            )
+            self.store.set_shadow(name, None)
+            return
+        try:
+            self.shadows.set(self.load_entry(name, entry, shadow=True))
+        except Exception as e:  # a shadow that no longer opens is dropped, never fatal
+            log.error("%s: shadow version %s does not load (%s): shadow dropped", name, entry.version, e)
+            self.store.set_shadow(name, None)
 
     def snapshot(self) -> dict[str, Any]:
         models = {}
@@ -660,6 +720,7 @@ class Updater:
                 # of the version the pointer names (what serves), not of the update in progress
                 "provenance": active.extra.get("provenance") if active else None,
                 "delta": active.extra.get("delta") if active else None,
+                "shadow": shadow.version if (shadow := self.store.shadow(st.model)) else None,
             }
         return {
             "last_sequence": self.verifier.last_sequence,

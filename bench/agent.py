@@ -5,7 +5,13 @@ Prints, measured in the same run on this machine:
   2. HTTP p50 overhead in ms over bare compute (goal <= 1 ms), via `edgekit serve` in a subprocess
   3. p99 during hot swaps vs steady p99 (goal <= 2x)
   4. RSS of `edgekit agent run` with a MobileNetV2-size model loaded (goal <= 150 MB)
-  5. time from process start to /v2/health/ready (goal <= 1 s)
+  5. time from process start to /v2/health/ready (goal <= 1 s), and the CPU seconds the process
+     used by then (less sensitive than the wall time to what else the box runs)
+Readiness is polled with a client that costs next to no CPU (see wait_ready).
+The repo's bytecode is compiled first, as installing a package does (this box sets
+PYTHONDONTWRITEBYTECODE, so without it every start compiled edgekit's and the agent's sources).
+The JSON line also carries the 1-minute load average before and after the run: on a shared
+2-core box the wall-clock figures move with it.
 The MobileNetV2-size model (3.5 M params, 224x224x3, random weights) is built with onnx.helper.
 `--json` prints the same figures as one JSON line.
 
@@ -146,17 +152,26 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> float:
-    import httpx
+    """When GET /v2/health/ready first answers 200. Polled with http.client every 5 ms: each
+    `httpx.get` built a client (and its TLS context) for 25 ms of CPU, so polling with it took
+    most of a core from the process being timed on a 2-core box; this costs ~0.05 ms a poll."""
+    import http.client
+    from urllib.parse import urlsplit
 
+    u = urlsplit(url)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
+        conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=0.5)
         try:
-            if httpx.get(url + "/v2/health/ready", timeout=0.5).status_code == 200:
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
                 return time.monotonic()
-        except httpx.HTTPError:
+        except OSError:  # refused (not listening yet), reset, timed out
             pass
+        finally:
+            conn.close()
         time.sleep(0.005)
     raise TimeoutError(url)
 
@@ -166,6 +181,35 @@ def binary_request(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
     body, hlen = encode_request({"input": x}, binary=True)
     return body, {HEADER_LENGTH: str(hlen), "Content-Type": "application/octet-stream"}
+
+
+# --- A/B knobs -------------------------------------------------------------------------------------
+# Module-level switches the --ab runs flip, as (module, attribute): the agent reads them when it
+# opens a session or builds its server, so one process (or `edgekit serve` started through
+# serve_command) runs one variant.
+KNOBS = {
+    "loop": ("agent.server", "EVENT_LOOP"),  # "uvloop" | "asyncio"
+    "spin": ("targets.runtimes.onnxrt", "ALLOW_SPINNING"),  # bool
+}
+
+
+def apply_knobs(knobs: dict[str, object] | None) -> None:
+    import importlib
+
+    for k, v in (knobs or {}).items():
+        module, attr = KNOBS[k]
+        setattr(importlib.import_module(module), attr, v)
+
+
+def serve_command(knobs: dict[str, object] | None) -> list[str]:
+    """`python -m edgekit.cli`, or the same with the knobs set first."""
+    if not knobs:
+        return [sys.executable, "-m", "edgekit.cli"]
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench.agent import apply_knobs; "
+        f"apply_knobs({knobs!r}); from edgekit.cli import main; main(sys.argv[1:], 'edgekit')"
+    )
+    return [sys.executable, "-c", code]
 
 
 # --- 1. in-process ------------------------------------------------------------------------------
@@ -202,7 +246,9 @@ def bench_inprocess(model_path: Path, x: np.ndarray, n: int) -> dict[str, float]
 
 
 # --- 2. HTTP overhead -----------------------------------------------------------------------------
-def bench_http(model_path: Path, x: np.ndarray, n: int) -> dict[str, float]:
+def bench_http(
+    model_path: Path, x: np.ndarray, n: int, knobs: dict[str, object] | None = None
+) -> dict[str, float]:
     import httpx
 
     from agent.models import load_model
@@ -210,7 +256,7 @@ def bench_http(model_path: Path, x: np.ndarray, n: int) -> dict[str, float]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgekit.cli", "serve", str(model_path), "--name", "m", "--port", str(port)],
+        [*serve_command(knobs), "serve", str(model_path), "--name", "m", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -246,23 +292,39 @@ def bench_http(model_path: Path, x: np.ndarray, n: int) -> dict[str, float]:
 
 # --- 3. hot swap p99 ------------------------------------------------------------------------------
 def _load_client(url: str, body: bytes, headers: dict[str, str], seconds: float, q) -> None:
+    """One sequential client for `seconds`: (start on the system-wide monotonic clock, latency)
+    per request, and the count of non-200 answers."""
     import httpx
 
-    lat, errors = [], 0
+    reqs, errors = [], 0
     with httpx.Client(base_url=url, timeout=30) as c:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             r = c.post("/v2/models/m/infer", content=body, headers=headers)
-            lat.append(time.perf_counter() - t0)
+            reqs.append((t0, time.monotonic() - t0))
             errors += r.status_code != 200
-    q.put((lat, errors))
+    q.put((reqs, errors))
+
+
+def split_by_windows(
+    reqs: list[tuple[float, float]], windows: list[tuple[float, float]]
+) -> tuple[list[float], list[float]]:
+    """Latencies of requests that started outside / inside any (start, end) window."""
+    steady, inside = [], []
+    for t0, lat in reqs:
+        (inside if any(a <= t0 < b for a, b in windows) else steady).append(lat)
+    return steady, inside
 
 
 def bench_hotswap(model_a: Path, model_b: Path, x: np.ndarray, seconds: float) -> dict[str, float]:
+    """One client runs throughout; swap phases (a new version loaded and activated every 0.5 s,
+    4 times) alternate with quiet phases, so drift in the box's load hits both alike. A swap
+    phase's window lasts until its last replaced model was freed (RETIRE_S after its swap); the
+    requests that started in no window are the steady ones."""
     from agent import fallback as fb
     from agent.engine import Engine
-    from agent.models import ModelRegistry, load_model
+    from agent.models import RETIRE_S, ModelRegistry, load_model
     from agent.server import ServerThread, build_app
 
     reg = ModelRegistry()
@@ -271,34 +333,36 @@ def bench_hotswap(model_a: Path, model_b: Path, x: np.ndarray, seconds: float) -
     srv = ServerThread(build_app(eng)).start()
     body, headers = binary_request(x)
     ctx = mp.get_context("spawn")
+    swaps_per_phase, every, quiet = 4, 0.5, 2.0
+    cycle = swaps_per_phase * every + RETIRE_S + quiet
+    cycles = max(2, round(seconds * 3 / cycle))  # as long as the former 3 windows of `seconds`
+    warmup = 1.5  # client process start, first connections
     try:
-
-        def window(swap_every: float | None) -> tuple[list[float], int, int]:
-            q = ctx.Queue()
-            p = ctx.Process(target=_load_client, args=(srv.url, body, headers, seconds, q))
-            p.start()
-            swaps = 0
-            if swap_every:
-                time.sleep(0.3)
-                end = time.monotonic() + seconds - 0.6
-                while time.monotonic() < end:
-                    # what an update does: load the new version next to the old, then swap the reference
-                    reg.put(load_model("m", model_b if swaps % 2 == 0 else model_a, f"v{swaps}"))
-                    swaps += 1
-                    time.sleep(swap_every)
-            lat, errors = q.get(timeout=seconds + 60)
-            p.join(30)
-            return lat, errors, swaps
-
-        window(None)  # warm-up (client process start, first connections)
-        steady, e1, _ = window(None)
-        swapping, e2, swaps = window(0.5)
+        q = ctx.Queue()
+        p = ctx.Process(target=_load_client, args=(srv.url, body, headers, warmup + cycles * cycle + 0.5, q))
+        p.start()
+        time.sleep(warmup)
+        t_begin = time.monotonic()
+        windows, swaps = [], 0
+        for _ in range(cycles):
+            w0 = time.monotonic()
+            for _ in range(swaps_per_phase):
+                t = time.monotonic()
+                # what an update does: load the new version next to the old, then swap the reference
+                reg.put(load_model("m", model_b if swaps % 2 == 0 else model_a, f"v{swaps}"))
+                swaps += 1
+                time.sleep(max(0.0, every - (time.monotonic() - t)))
+            windows.append((w0, time.monotonic() + RETIRE_S + 0.1))
+            time.sleep(RETIRE_S + quiet)
+        reqs, errors = q.get(timeout=cycles * cycle + 60)
+        p.join(30)
+        steady, swapping = split_by_windows([r for r in reqs if r[0] >= t_begin], windows)
         return {
             "steady_p99_ms": pct(steady, 99) * 1000,
             "swap_p99_ms": pct(swapping, 99) * 1000,
             "ratio": pct(swapping, 99) / pct(steady, 99),
             "swaps": swaps,
-            "errors": e1 + e2,
+            "errors": errors,
             "requests": len(steady) + len(swapping),
         }
     finally:
@@ -326,7 +390,9 @@ def bench_daemon(model_path: Path, work: Path) -> dict[str, float]:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             ready = wait_ready(f"http://127.0.0.1:{port}", proc)
+            cpu = psutil.Process(proc.pid).cpu_times()
             out[f"ready_s_{run}"] = ready - t0
+            out[f"ready_cpu_s_{run}"] = cpu.user + cpu.system
             body, headers = binary_request(np.zeros((1, 3, 224, 224), np.float32))
             for _ in range(5):
                 httpx.post(
@@ -499,12 +565,89 @@ def bench_batching(quick: bool) -> dict[str, float]:
     return out
 
 
+# --- A/B of the knobs ------------------------------------------------------------------------------
+AB_VARIANTS: dict[str, dict[str, object]] = {
+    "default": {},  # what the agent ships
+    "uvloop": {"loop": "uvloop"},  # needs `pip install uvloop`
+    "spin": {"spin": True},
+    "before": {"spin": True},  # the agent before issue 14's second pass (asyncio, spinning)
+}
+
+
+def bench_ab(variants: list[str], rounds: int, quick: bool) -> dict[str, list[dict[str, float]]]:
+    """Each variant measured `rounds` times, alternating (the order reversed every other round),
+    so load on the box hits every variant alike. Per run: figures 1 (MobileNetV2 in-process),
+    2 (HTTP overhead, tiny model and MobileNetV2) and 3 (hot-swap p99 ratio)."""
+    work = Path(tempfile.mkdtemp(prefix="edgekit-bench-ab-"))
+    mnet = mobilenet_v2(work / "mobilenet_v2.onnx")
+    mnet_b = mobilenet_v2(work / "mobilenet_v2_b.onnx", seed=1)
+    small = tiny(work / "tiny.onnx")
+    x_m = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    x_t = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    n = 50 if quick else 200
+    defaults = {k: getattr(__import__(m, fromlist=[a]), a) for k, (m, a) in KNOBS.items()}
+    out: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            knobs = AB_VARIANTS[v]
+            apply_knobs({**defaults, **knobs})
+            load = os.getloadavg()[0]
+            ip = bench_inprocess(mnet, x_m, n)
+            ht = bench_http(small, x_t, n * 5, knobs)
+            hm = bench_http(mnet, x_m, n, knobs)
+            hs = bench_hotswap(mnet, mnet_b, x_m, 4.0 if quick else 6.0)
+            row = {
+                "inprocess_vs_bare": ip["local-only"],
+                "bare_ms": ip["bare_ms"],
+                "http_overhead_tiny_ms": ht["overhead_ms"],
+                "http_overhead_mobilenet_ms": hm["overhead_ms"],
+                "hotswap_ratio": hs["ratio"],
+                "steady_p99_ms": hs["steady_p99_ms"],
+                "swap_p99_ms": hs["swap_p99_ms"],
+                "loadavg": load,
+            }
+            out[v].append({k: round(float(x), 3) for k, x in row.items()})
+            print(json.dumps({"variant": v, "round": r, **out[v][-1]}), flush=True)
+    apply_knobs(defaults)
+    return out
+
+
+def compile_bytecode() -> None:
+    """What `pip install` does for a package: compile the sources once (only stale files)."""
+    import compileall
+
+    for package in ("agent", "edgekit", "targets"):
+        compileall.compile_dir(REPO / package, quiet=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     ap.add_argument("--batching", action="store_true", help="measure the dynamic batcher")
+    ap.add_argument(
+        "--ab",
+        metavar="VARIANTS",
+        help=f"A/B of comma-separated variants ({', '.join(AB_VARIANTS)}); one JSON line per run, "
+        "then the median per variant",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="runs per variant with --ab")
     args = ap.parse_args()
+    if args.ab:
+        variants = args.ab.split(",")
+        unknown = [v for v in variants if v not in AB_VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(AB_VARIANTS)}")
+        import importlib.util
+
+        if "uvloop" in variants and importlib.util.find_spec("uvloop") is None:
+            ap.error("variant uvloop needs uvloop installed: .venv/bin/pip install uvloop")
+        compile_bytecode()
+        res = bench_ab(variants, args.rounds, args.quick)
+        for v, rows in res.items():
+            med = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
+            print(json.dumps({"variant": v, "median_of": len(rows), **med}))
+        return
     if args.batching:
         res = bench_batching(args.quick)
         if args.json:
@@ -515,6 +658,8 @@ def main() -> None:
         return
     n = 50 if args.quick else 200
     say = (lambda *a, **k: None) if args.json else print
+    compile_bytecode()
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="edgekit-bench-"))
     mnet = mobilenet_v2(work / "mobilenet_v2.onnx")
     mnet_b = mobilenet_v2(work / "mobilenet_v2_b.onnx", seed=1)
@@ -553,9 +698,11 @@ def main() -> None:
     d = bench_daemon(mnet, work)
     say(f"4. RSS of `edgekit agent run` with MobileNetV2 loaded: {d['rss_mb']:.0f} MB   (goal <= 150 MB)")
     say(
-        f"5. process start -> /v2/health/ready: {d['ready_s_warm']:.2f} s "
+        f"5. process start -> /v2/health/ready: {d['ready_s_warm']:.2f} s, {d['ready_cpu_s_warm']:.2f} s CPU "
         f"(first start incl. store import {d['ready_s_first']:.2f} s)   (goal <= 1 s)"
     )
+    load_after = os.getloadavg()[0]
+    say(f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after")
     if args.json:
         figures = {
             "inprocess_vs_bare_local_only": ip["local-only"],
@@ -568,6 +715,9 @@ def main() -> None:
             "rss_mb": d["rss_mb"],
             "start_to_ready_s": d["ready_s_warm"],
             "start_to_ready_first_s": d["ready_s_first"],
+            "start_to_ready_cpu_s": d["ready_cpu_s_warm"],
+            "loadavg_1m_before": load_before,
+            "loadavg_1m_after": load_after,
         }
         print(json.dumps({k: round(float(v), 4) for k, v in figures.items()}))
 

@@ -30,7 +30,7 @@ from converters.optimize import optimize
 from converters.report import DROP, FAILED, MISMATCH, OK, SKIPPED, ArtifactReport, FileEntry, Report
 from converters.sources import load_source
 from converters.synth import synthesize
-from edgekit import __version__, formats
+from edgekit import __version__, drift, formats
 from edgekit.errors import (
     ConversionError,
     DataError,
@@ -288,6 +288,18 @@ def _reference(path: Path, data: Dataset, batchable: bool) -> tuple[Any, dict[st
         ) from e
 
 
+def _drift_baseline(
+    inputs: Dataset, reference: dict[str, np.ndarray], card: ModelCard
+) -> list[dict[str, Any]]:
+    """What served traffic is compared with (edgekit.drift): the calibration inputs (the data the
+    artifacts were tuned for) and the reference's outputs. Describes the release, never stops it."""
+    try:
+        return drift.baseline(inputs.inputs, reference, card.task == "classification")
+    except Exception as e:  # a tensor the summary cannot reduce: no baseline, said once
+        log.warning("no drift baseline: %s: %s", type(e).__name__, _first_line(e))
+        return []
+
+
 def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
     out, max_drop = req.out, req.max_drop
     prog.step("importing model")
@@ -404,6 +416,8 @@ def _run(req: ConvertRequest, work: Path, prog: _Progress) -> Report:
         calibration_sha256=_file_sha256(calib_file),
         eval_sha256=_file_sha256(eval_file),
         toolchains=_toolchain_locks(req.plan),
+        # synthesized data is no baseline of anything a device will be served
+        drift=_drift_baseline(calib or data, reference, card) if calib or data.path else [],
     )
     report.save(out / "report.json")
     return report

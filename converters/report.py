@@ -75,6 +75,9 @@ class Report:
     calibration_sha256: str | None = None
     eval_sha256: str | None = None
     toolchains: dict[str, str] = field(default_factory=dict)
+    # Drift baseline (edgekit.drift): per input and output tensor, from the calibration inputs and
+    # the fp32 reference's outputs; travels in the signed manifest's provenance.
+    drift: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

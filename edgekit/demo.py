@@ -25,31 +25,19 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from edgekit.errors import EdgekitError
-from edgekit.launch import (
-    ProcessGroup,
-    agent_service,
-    cloud_service,
-    enrol,
-    fleet_service,
-    free_ports,
-    run_cli,
-)
+from edgekit.launch import run_cli
+from edgekit.scenarios.harness import MODEL, SAMPLES_DIR, AgentSpec, DemoError, Harness
+from edgekit.scenarios.harness import check as _check
 
 FLEET = "demo"
-MODEL = "digits"
 AGENTS = [
-    ("store-berlin-1", {"kind": "store-pc", "site": "berlin"}),
-    ("store-paris-2", {"kind": "store-pc", "site": "paris"}),
-    ("arm-box-3", {"kind": "arm-box", "site": "paris"}),
+    AgentSpec("store-berlin-1", {"kind": "store-pc", "site": "berlin"}),
+    AgentSpec("store-paris-2", {"kind": "store-pc", "site": "paris"}),
+    AgentSpec("arm-box-3", {"kind": "arm-box", "site": "paris"}),
 ]
 EDGE_ARTIFACT = "onnx-int8-static"  # the manifest's artifact key for the calibrated int8 ONNX
 CONFIDENCE = 0.9  # below this top-1 probability, an agent asks the cloud (hard-example routing)
-SAMPLES_DIR = Path(__file__).parent / "samples"
-
-
-class DemoError(EdgekitError):
-    exit_code = 1
+__all__ = ["DemoError", "run_demo"]
 
 
 @dataclass
@@ -62,11 +50,6 @@ class AgentStats:
     total: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     fallbacks: dict[str, int] = field(default_factory=dict)
-
-
-def _check(cond: bool, what: str) -> None:
-    if not cond:
-        raise DemoError(f"demo step failed: {what}")
 
 
 def infer(client: httpx.Client, port: int, x: np.ndarray) -> tuple[dict[str, Any], float]:
@@ -101,9 +84,7 @@ def _unsure_input(model: Path, x: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 50) -> dict[str, Any]:
-    from fleet import config as fleet_config
     from fleet.cli import rollout_table
-    from fleet.client import AdminClient
 
     work = Path(workdir or tempfile.mkdtemp(prefix="edgekit-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -141,87 +122,35 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
     _check(report["ok"], "every artifact validated")
     summary["steps"]["convert"] = {a["precision"]: a["top1"] for a in report["artifacts"]}
 
-    b_port, h_port, a_port, c_port, *agent_ports = free_ports(4 + len(AGENTS))
-    with ProcessGroup() as group, httpx.Client(timeout=10) as client:
+    agent_admin_token = secrets.token_urlsafe(24)  # step 5 unloads a model: a repository route
+    harness = Harness(
+        work,
+        console,
+        fleet=FLEET,
+        agents=AGENTS,
+        agent_models={MODEL: {"policy": "local-first", "confidence_threshold": CONFIDENCE}},
+        heartbeat_s=2.0,
+        formats=[EDGE_ARTIFACT, "onnx"],  # int8 when offered, fp32 otherwise
+        agent_extra={"server": {"admin_token": agent_admin_token}},
+    )
+    with harness as h, httpx.Client(timeout=10) as client:
         # 2. fleet server on embedded defaults, and the cloud endpoint with the fp32 model.
         console.rule("2. fleet server + cloud endpoint")
-        fleet, fleet_toml = fleet_service(
-            work / "fleet", logs, fleet=FLEET, broker_port=b_port, http_port=h_port, admin_port=a_port
-        )
-        group.add(fleet).start(timeout=60)
-        group.add(cloud_service(conv / "onnx" / "model.onnx", logs, name=MODEL, port=c_port)).start(60)
-        console.print(f"  fleet: mqtt 127.0.0.1:{b_port} (embedded), artifacts :{h_port}, admin :{a_port}")
-        console.print(f"  cloud: http://127.0.0.1:{c_port} (edgekit serve, fp32)")
+        h.start_fleet(cloud_model=conv / "onnx" / "model.onnx")
 
-        # 3. three agents, each with its own state directory and labels, and its own enrolment
-        # bundle (MQTT credentials + root.json): the embedded broker admits no one else.
+        # 3. agents, each with its own state directory and labels, and its own enrolment bundle
+        # (MQTT credentials + root.json, issued by `edgekit fleet devices enroll` in step 2): the
+        # embedded broker admits no one else.
         console.rule("3. agents")
-        agents = []
-        agent_admin_token = secrets.token_urlsafe(24)  # step 5 unloads a model: a repository route
-        for (device, labels), port in zip(AGENTS, agent_ports, strict=True):
-            bundle = enrol(fleet_toml, device, work / "agents" / f"{device}.enrolment")
-            console.print(f"  {device}: enrolled (bundle {bundle})")
-            svc, _ = agent_service(
-                work / "agents" / device,
-                logs,
-                device=device,
-                fleet=FLEET,
-                enrolment=bundle,
-                broker_port=b_port,
-                server_port=port,
-                cloud_url=f"http://127.0.0.1:{c_port}",
-                labels=labels,
-                models={MODEL: {"policy": "local-first", "confidence_threshold": CONFIDENCE}},
-                heartbeat_s=2.0,
-                formats=[EDGE_ARTIFACT, "onnx"],  # int8 when offered, fp32 otherwise
-                extra={"server": {"admin_token": agent_admin_token}},
-            )
-            agents.append((device, port, group.add(svc)))
-        for device, port, svc in agents:
-            svc.start(timeout=60)
-            console.print(f"  {device}: OIP on http://127.0.0.1:{port}")
-        admin = AdminClient(fleet_config.load(fleet_toml))
-        deadline = time.monotonic() + 30
-        while len([d for d in admin.get("/api/devices") if d["online"]]) < len(AGENTS):
-            _check(time.monotonic() < deadline, "all agents came online in the fleet's device list")
-            time.sleep(0.2)
+        agents = [(a.device, a.port, a.svc) for a in h.start_agents()]
 
         # 4. publish and roll out in two waves.
         console.rule("4. publish + rollout")
-        pub = run_cli(
-            "fleet",
-            "publish",
-            str(conv),
-            "--model",
-            MODEL,
-            "--version",
-            "1.0.0",
-            "--config",
-            str(fleet_toml),
-            "--json",
-        )
-        if pub.returncode != 0:
-            raise DemoError(f"publish failed: {pub.stderr[-1500:]}")
-        st = admin.post(
-            "/api/rollouts",
-            {
-                "model": MODEL,
-                "version": "1.0.0",
-                "selector": {},
-                "waves": [33, 100],
-                "success_threshold": 1.0,
-                "max_failure_rate": 0.0,
-                "device_timeout": 120,
-            },
-        )
+        h.publish(conv, "1.0.0")
+        st = h.start_rollout("1.0.0", waves=[33, 100])
         rid = st["id"]
-        deadline = time.monotonic() + 180
         with Live(rollout_table(st), console=console, refresh_per_second=4) as live:
-            while st["state"] in ("running", "paused"):
-                _check(time.monotonic() < deadline, f"rollout {rid} ended within 180 s")
-                time.sleep(0.25)
-                st = admin.get(f"/api/rollouts/{rid}")
-                live.update(rollout_table(st))
+            st = h.wait_rollout(rid, timeout=180, on_poll=lambda s: live.update(rollout_table(s)))
         console.print()
         _check(st["state"] == "completed", f"rollout {rid} completed (it is {st['state']}: {st['reason']})")
         _check(st["totals"]["active"] == len(AGENTS), "every device active after the rollout")
@@ -293,7 +222,7 @@ def run_demo(workdir: Path | None, console: Console, requests_per_agent: int = 5
         console.print(f"  {dev2}: local model unloaded -> 5/5 answered by the cloud (missing_model)")
 
         # 6. summary: the fleet's view next to what each agent served.
-        devices = {d["id"]: d for d in admin.get("/api/devices")}
+        devices = h.devices()
     summary["agents"] = []
     table = Table(
         title=f"edgekit demo: {len(AGENTS)} devices, {MODEL} 1.0.0 (int8 at the edge, fp32 in the cloud)"

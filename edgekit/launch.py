@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -280,6 +281,25 @@ def cloud_service(
         log_dir,
         http_ok(f"http://127.0.0.1:{port}/v2/health/ready"),
     )
+
+
+def mosquitto_service(conf_dir: Path, log_dir: Path, *, port: int) -> Service:
+    """Mosquitto on 127.0.0.1:`port` with the files `edgekit fleet mosquitto-config` wrote in
+    `conf_dir` (its edgekit.conf: no anonymous clients, password file, ACL)."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(binary):
+        raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+    # Beside conf_dir, not in it: include_dir would load the main file again.
+    conf = conf_dir.parent / f"{conf_dir.name}.conf"
+    # `user root`: run as root, Mosquitto would switch to user mosquitto, who cannot read the 0600
+    # password file; as anyone else the line is ignored.
+    conf.write_text(f"listener {port} 127.0.0.1\npersistence false\nuser root\ninclude_dir {conf_dir}\n")
+
+    def ready() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    return Service("mosquitto", [binary, "-c", str(conf)], log_dir, ready)
 
 
 def run_cli(

@@ -15,6 +15,15 @@ status (device -> server, QoS 1, JSON object):
   model version: {"window_s": 30, "models": [{"model": "digits", "version": "1.2.0",
   "requests": 120, "errors": 0, "fallbacks": 3, "p95_ms": 4.2 | null}]}. The fleet's health
   gates (fleet.gates) judge a rollout's waves by it.
+  `shadow` (optional, omitted when absent) compares each shadow version with the active one on
+  mirrored live requests (ShadowStats): [{"model", "version", "requests", "top1_agreement",
+  "cosine_mean", "max_abs", "latency_ratio", "dropped", "errors"}]. state "shadow" is the end of
+  a shadow manifest: installed and smoke-tested beside the active version, never serving.
+  `drift` (optional, omitted when absent) summarises what each model version was served since
+  it was loaded, per input and output tensor (VersionDrift, edgekit.drift): [{"model", "version",
+  "tensors": [{"name", "io", "count", "mean", "std", "hist": [counts in the baseline's bins],
+  "classes": [counts] | null, "conf": [counts] | null}]}]. The fleet scores it against the
+  release's baseline (fleet.drift).
 
 online (device -> server, retained, QoS 1):
     {"device": "dev-1", "online": true, "labels": {...}, "agent_version": "0.1.0", "ts": "..."}
@@ -42,6 +51,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from edgekit import boundedjson, topics
+from edgekit.trust.manifest_schema import MAX_DRIFT_BINS, MAX_DRIFT_CLASSES, MAX_DRIFT_TENSORS
 from edgekit.trust.timeutil import iso, utcnow
 
 STATES = (
@@ -53,6 +63,7 @@ STATES = (
     "active",
     "failed",
     "rolled_back",
+    "shadow",  # a shadow manifest's successful end: installed beside the active version, not serving
 )
 IN_PROGRESS = frozenset({"downloading", "verifying", "staged", "smoke_tested"})
 TERMINAL = frozenset({"active", "failed", "rolled_back"})
@@ -63,6 +74,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 16  # the schema nests 2 levels; the rest is room for forward-compatible extra keys
 MAX_LABELS = 64
 MAX_HEALTH_MODELS = 32  # model versions in one health report
+MAX_DRIFT_MODELS = 8  # model versions in one drift report (the agent also keeps it under DRIFT_BYTES)
+MAX_SHADOWS = 32  # one shadow per model
 
 # Named refusals (ProtocolError.reason): logs, counters and tests use these strings.
 TOO_LARGE, TOO_DEEP, NOT_JSON = boundedjson.TOO_LARGE, boundedjson.TOO_DEEP, boundedjson.NOT_JSON
@@ -128,6 +141,49 @@ class Health:
     models: Annotated[list[VersionHealth], Field(max_length=MAX_HEALTH_MODELS)] = field(default_factory=list)
 
 
+Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+@dataclass(config=_WIRE)
+class ShadowStats:
+    """How a shadow version compares with the active one on the live requests mirrored to it
+    since it was loaded (agent.shadow). The measures are None until `requests` > 0."""
+
+    model: Name
+    version: Name
+    requests: Count = 0
+    top1_agreement: Ratio | None = None  # None too when the first output is no score vector
+    cosine_mean: Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)] | None = None
+    max_abs: NonNegative | None = None
+    latency_ratio: NonNegative | None = None  # shadow p50 / active p50 over the same requests
+    dropped: Count = 0  # sampled requests not mirrored: the mirror's queue was full
+    errors: Count = 0  # mirrored requests the shadow failed on (or answered in another shape)
+
+
+@dataclass(config=_WIRE)
+class TensorDrift:
+    """What one tensor was served: the per-row mean's count, mean and std, its histogram in the
+    baseline's bins (empty without a baseline), and for a classifier's output the class and
+    top-1 confidence histograms."""
+
+    name: Name
+    io: Literal["input", "output"]
+    count: Count = 0
+    mean: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    std: NonNegative | None = None
+    hist: Annotated[list[Count], Field(max_length=MAX_DRIFT_BINS)] = field(default_factory=list)
+    classes: Annotated[list[Count], Field(max_length=MAX_DRIFT_CLASSES)] | None = None
+    conf: Annotated[list[Count], Field(max_length=MAX_DRIFT_BINS)] | None = None
+
+
+@dataclass(config=_WIRE)
+class VersionDrift:
+    model: Name
+    version: Name
+    tensors: Annotated[list[TensorDrift], Field(max_length=MAX_DRIFT_TENSORS)] = field(default_factory=list)
+
+
 @dataclass(config=_WIRE)
 class Status:
     device: DeviceId
@@ -141,10 +197,12 @@ class Status:
     ts: Timestamp = field(default_factory=_now)
     delta: Name | None = None
     health: Health | None = None
+    shadow: Annotated[list[ShadowStats], Field(max_length=MAX_SHADOWS)] | None = None
+    drift: Annotated[list[VersionDrift], Field(max_length=MAX_DRIFT_MODELS)] | None = None
 
     def to_json(self) -> bytes:
         doc = asdict(self)
-        for optional in ("delta", "health"):  # added later: absent rather than null
+        for optional in ("delta", "health", "shadow", "drift"):  # added later: absent rather than null
             if doc[optional] is None:
                 del doc[optional]
         return json.dumps(doc, separators=(",", ":")).encode()

@@ -6,7 +6,12 @@
      "artifacts": {"onnx": {"sha256", "size", "target", "precision", "runtime", "toolchain",
                             "versions": {"onnxruntime": "1.20.1"},
                             "parity": {"max_abs_error", "cosine", "bound"},
-                            "accuracy": {"top1", "top1_drop_pts"}, "latency_ms"}}}
+                            "accuracy": {"top1", "top1_drop_pts"}, "latency_ms"}}},
+     "drift": [{"name", "io", "count", "mean", "std", "edges", "hist", "classes", "conf"}]}
+
+`drift` is the conversion's drift baseline (edgekit.drift: calibration inputs, reference
+outputs), carried as report.json has it when it fits the schema and dropped when it does not;
+agents histogram what they serve in its bins (agent.drift), the fleet scores them (fleet.drift).
 
 The fleet builds it at publish from report.json (`from_report`), one row per published artifact
 under the artifact's manifest key, with the sha256 and size of the bytes it stores; the manifest
@@ -26,9 +31,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from edgekit import formats
 from edgekit.trust.fields import validate_wire
-from edgekit.trust.manifest_schema import MAX_TOOLCHAINS, MAX_VERSIONS, Provenance
+from edgekit.trust.manifest_schema import (
+    MAX_DRIFT_TENSORS,
+    MAX_TOOLCHAINS,
+    MAX_VERSIONS,
+    DriftBaseline,
+    Provenance,
+)
 from edgekit.trust.timeutil import parse_iso
 
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
@@ -58,6 +71,19 @@ def _timestamp(value: Any) -> str | None:
     try:
         return text if text and parse_iso(text) else None
     except ValueError:
+        return None
+
+
+_DRIFT = TypeAdapter(list[DriftBaseline])
+
+
+def _drift(value: Any) -> list[dict[str, Any]] | None:
+    """The report's drift baseline as the manifest carries it, or None when it would not fit."""
+    if not isinstance(value, list) or not value:
+        return None
+    try:
+        return [d.model_dump(exclude_none=True) for d in _DRIFT.validate_python(value[:MAX_DRIFT_TENSORS])]
+    except ValidationError:
         return None
 
 
@@ -127,6 +153,7 @@ def from_report(
                 for name, lock in sorted(locks.items())[:MAX_TOOLCHAINS]
                 if isinstance(lock, str) and _LOCK.fullmatch(lock) and _label(name)
             },
+            "drift": _drift(top.get("drift")),
         }
     )
     doc["artifacts"] = {key: _row(sha, size, entry) for key, (sha, size, entry) in artifacts.items()}
@@ -171,6 +198,9 @@ def lines(provenance: Mapping[str, Any] | None) -> list[str]:
     ):
         if provenance.get(key) is not None:
             out.append(f"{label + ':':<22}{provenance[key]}")
+    if provenance.get("drift"):
+        tensors = ", ".join(f"{d['io']} {d['name']}" for d in provenance["drift"])
+        out.append(f"{'drift baseline:':<22}{tensors}")
     for name, tc in (provenance.get("toolchains") or {}).items():
         out.append(f"{'toolchain ' + name + ':':<22}lock {tc['lock']}")
     for key, row in (provenance.get("artifacts") or {}).items():

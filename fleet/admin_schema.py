@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.protocol import DeviceId, Labels, Name
 from fleet.gates import MAX_GATES
+from fleet.shadow import MAX_MIN_REQUESTS
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_BODY_DEPTH = 8
@@ -38,3 +39,7 @@ class RolloutRequest(BaseModel):
     gates: Annotated[list[Annotated[Name, Field(max_length=80)]], Field(max_length=MAX_GATES)] = []
     bake: Annotated[float, Field(ge=0, le=30 * 86400, allow_inf_nan=False)] = 0.0
     on_breach: Literal["pause", "abort"] = "abort"
+    # shadow canary: fleet.shadow parses each "metric>=value" and checks the request count
+    shadow: bool = False
+    promote: Annotated[list[Annotated[Name, Field(max_length=80)]], Field(max_length=MAX_GATES)] = []
+    min_shadow_requests: Annotated[int, Field(ge=1, le=MAX_MIN_REQUESTS)] = 200

@@ -280,6 +280,64 @@ def models_show(
         typer.echo(line)
 
 
+@fleet_app.command("drift")
+def drift(
+    model: str = typer.Argument(..., help="Model name."),
+    version: str | None = typer.Option(
+        None, "--version", help="Only this version (default: every version reported)."
+    ),
+    by: str = typer.Option("site", "--by", help="Device label whose values are the cohorts."),
+    config: Path | None = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Drift of what devices served against the release's baseline: PSI and KS per cohort and tensor."""
+    from urllib.parse import quote, urlencode
+
+    query = urlencode({k: v for k, v in (("version", version), ("by", by)) if v})
+    doc = _client(config).get(f"/api/drift/{quote(model, safe='')}?{query}")
+    if as_json:
+        _print_json(doc)
+        return
+    from rich.table import Table
+
+    from edgekit.log import stdout_console
+
+    def num(x: float | None, spec: str = ".3f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    if not doc["versions"]:
+        typer.echo(f"{model}: no device has reported drift yet")
+    for v in doc["versions"]:
+        if not v["baseline"]:
+            typer.echo(f"{model} {v['version']}: no drift baseline (published without a conversion report)")
+            continue
+        t = Table(
+            "cohort",
+            "tensor",
+            "kind",
+            "devices",
+            "rows",
+            "mean",
+            "baseline mean",
+            "PSI",
+            "KS",
+            title=f"{model} {v['version']} by {doc['by']} (PSI > 0.2: shifted; scored from {doc['min_rows']} rows)",
+        )
+        for r in v["rows"]:
+            t.add_row(
+                r["cohort"],
+                f"{r['io']} {r['tensor']}",
+                r["kind"],
+                str(r["devices"]),
+                str(r["count"]),
+                num(r["mean"], ".4g"),
+                num(r["baseline_mean"], ".4g"),
+                num(r["psi"]),
+                num(r["ks"]),
+            )
+        stdout_console().print(t)
+
+
 @devices_app.callback(invoke_without_command=True)
 def devices(
     ctx: typer.Context,
@@ -427,11 +485,16 @@ def rollout_table(st: dict[str, Any]) -> Any:
     if gates:
         title += f"\ngates {', '.join(gates)}, bake {st.get('bake', 0):g}s, on breach {st.get('on_breach')}"
     metrics = list(dict.fromkeys(parse_gate(g).metric for g in gates))  # in gate order
+    shadow = ("shadowing", "promoted", "worst_agreement") if st.get("shadow") else ()
+    if shadow:
+        title += (
+            f"\nshadow: promote when {' and '.join(st['promote'])} over {st['min_shadow_requests']} requests"
+        )
 
     def gate_cell(v: float | None) -> str:
         return "-" if v is None else f"{v:.3g}"
 
-    t = Table("wave", "%", *keys, *metrics, title=title)
+    t = Table("wave", "%", *keys, *metrics, *shadow, title=title)
     for w in st["waves"]:
         values = w.get("gates") or {}
         t.add_row(
@@ -439,8 +502,10 @@ def rollout_table(st: dict[str, Any]) -> Any:
             f"{w['percent']:g}",
             *(str(w[k]) for k in keys),
             *(gate_cell(values.get(m)) for m in metrics),
+            *(str(w[k]) if k != "worst_agreement" else gate_cell(w[k]) for k in shadow),
         )
-    t.add_row("all", "", *(str(st["totals"][k]) for k in keys), *("" for _ in metrics))
+    shadow_totals = [str(sum(w[k] for w in st["waves"])) for k in shadow[:2]] + ([""] if shadow else [])
+    t.add_row("all", "", *(str(st["totals"][k]) for k in keys), *("" for _ in metrics), *shadow_totals)
     return t
 
 
@@ -472,6 +537,20 @@ def rollout_start(
     ),
     bake: str = typer.Option("0s", help="Time a wave must stay within its gates before the next (10m)."),
     on_breach: str = typer.Option("abort", help="What a gate breach does: abort (and roll back) or pause."),
+    shadow: bool = typer.Option(
+        False,
+        "--shadow",
+        help="Install beside the active version and compare; promote per device by --promote.",
+    ),
+    promote: list[str] = typer.Option(
+        [],
+        "--promote",
+        help="Shadow promotion rule, repeatable: top1_agreement>=0.98, cosine_mean>=0.99, max_abs<=0.1, "
+        "latency_ratio<=1.2.",
+    ),
+    min_shadow_requests: int = typer.Option(
+        200, help="Mirrored requests a device compares before it is judged."
+    ),
     config: Path | None = ConfigOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -480,6 +559,8 @@ def rollout_start(
     from fleet.errors import FleetError
     from fleet.gates import ON_BREACH, parse_gates
     from fleet.rollouts import parse_duration
+    from fleet.shadow import check as check_shadow
+    from fleet.shadow import parse_rule
 
     try:
         wave_list = [float(w) for w in waves.split(",") if w.strip()]
@@ -490,6 +571,11 @@ def rollout_start(
     gates = [str(g) for g in parse_gates(gate)]  # refused here, before anything starts
     if on_breach not in ON_BREACH:
         raise FleetError(f"--on-breach must be one of {', '.join(ON_BREACH)}")
+    rule = [str(g) for g in parse_rule(promote)]
+    if shadow:
+        check_shadow(rule, min_shadow_requests)
+    elif rule:
+        raise FleetError("--promote needs --shadow")
     st = _client(config).post(
         "/api/rollouts",
         {
@@ -504,8 +590,18 @@ def rollout_start(
             "gates": gates,
             "bake": bake_s,
             "on_breach": on_breach,
+            **(
+                {"shadow": True, "promote": rule, "min_shadow_requests": min_shadow_requests}
+                if shadow
+                else {}
+            ),
         },
     )
+    if shadow and not st.get("shadow"):  # a server older than shadow rollouts ignores the fields
+        raise FleetError(
+            f"the server started rollout {st.get('id')} as a plain rollout (it predates shadow rollouts)",
+            hint=f"abort it now: edgekit fleet rollout abort {st.get('id')}",
+        )
     if gates and st.get("gates") != gates:  # a server older than health gates ignores them
         raise FleetError(
             f"the server started rollout {st.get('id')} without health gates (it predates them)",

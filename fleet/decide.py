@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edgekit.protocol import IN_PROGRESS
 from fleet.gates import ABORT, PAUSE, Gate, first_breach
 
 RUNNING, PAUSED = "running", "paused"
@@ -81,12 +82,18 @@ Decision = Advance | StartBake | Pause | Complete | Abort | Cancel
 
 
 def decide(
-    rollout: Rollout, counts: Counts, now: float, health: Mapping[str, float | None] | None = None
+    rollout: Rollout,
+    counts: Counts,
+    now: float,
+    health: Mapping[str, float | None] | None = None,
+    shadow_breach: str | None = None,
 ) -> Decision | None:
     """The next step of an open rollout, or None to wait. `health` holds the gate metrics
     (fleet.gates.metrics) of the devices dispatched so far; a gate is judged at any time while
     running, and a wave with gates or a bake time advances only `bake` seconds after it met
-    its success rule."""
+    its success rule. `shadow_breach` is a shadow rollout's failed promotion rule
+    (fleet.shadow.judge): it always aborts, whatever `on_breach` says, so a shadow that
+    disagrees is never promoted anywhere."""
     r, n = rollout, counts
     if r.state == PAUSED and now - (r.paused_at if r.paused_at is not None else now) > r.max_pause:
         return Cancel("paused too long")
@@ -103,6 +110,8 @@ def decide(
         return Abort(f"failure rate {failed}/{n.dispatched} above {r.max_failure_rate:.0%}")
     if r.state == PAUSED:
         return None
+    if shadow_breach:
+        return Abort(shadow_breach)
     breach = first_breach(r.gates, health or {})
     if breach:
         return Pause(breach) if r.on_breach == PAUSE else Abort(breach)
@@ -121,6 +130,24 @@ def decide(
     if n.waiting == 0:
         where = "" if r.wave == r.last_wave else f" in wave {r.wave + 1}"
         return Abort(f"success {n.active}/{n.dispatched} below {r.success_threshold:.0%}{where}")
+    return None
+
+
+def shadow_member_state(current: str, reported: str) -> str | None:
+    """A shadow rollout member's next state from a status of its current manifest (the shadow
+    manifest, or once promoting the active one), or None to stay. An agent that activates a
+    shadow manifest (one that predates shadows ignores the mode) has failed: counted as a
+    failure, it is rolled back with the rest when the failure rate aborts."""
+    if reported in ("failed", "rolled_back"):
+        return "failed"
+    if current == "promoting":
+        return "active" if reported == "active" else None
+    if reported == "active":
+        return "failed"
+    if current == "shadow":
+        return None
+    if reported == "shadow" or reported in IN_PROGRESS:
+        return reported
     return None
 
 

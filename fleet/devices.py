@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from typing import Any
 
 from edgekit import topics
-from edgekit.protocol import Health, Online, Status
+from edgekit.protocol import Health, Online, Status, VersionDrift
+from fleet import drift
 from fleet.db import BaseDatabase
 from fleet.dialect import Conn, Row
 
@@ -64,6 +66,8 @@ def record_status(c: Conn, msg: Status, now: float) -> None:
     )
     if msg.health is not None and msg.health.models:
         record_health(c, msg.device, msg.health, now)
+    if msg.drift:
+        record_drift(c, msg.device, msg.drift, now)
 
 
 HEALTH_KEEP_S = 30 * 86400  # a version's report older than this is no device's baseline any more
@@ -83,6 +87,78 @@ def record_health(c: Conn, device: str, health: Health, now: float) -> None:
         ),
     )
     c.execute("DELETE FROM device_health WHERE device=? AND updated < ?", (device, now - HEALTH_KEEP_S))
+
+
+def record_drift(c: Conn, device: str, drift: list[VersionDrift], now: float) -> None:
+    """The latest drift summary per (device, model, version): cumulative on the device, so the
+    newest replaces the rest (fleet.drift scores it)."""
+    c.executemany(
+        "INSERT INTO device_drift (device, model, version, tensors, updated) VALUES (?,?,?,?,?)"
+        " ON CONFLICT (device, model, version) DO UPDATE SET tensors=excluded.tensors,"
+        " updated=excluded.updated",
+        (
+            (
+                device,
+                v.model,
+                v.version,
+                json.dumps([asdict(t) for t in v.tensors], separators=(",", ":")),
+                now,
+            )
+            for v in drift
+        ),
+    )
+    c.execute("DELETE FROM device_drift WHERE device=? AND updated < ?", (device, now - HEALTH_KEEP_S))
+
+
+def drift_baseline(c: Conn, model: str, version: str) -> list[dict[str, Any]]:
+    """The release's drift baseline (its provenance `drift`, fleet.registry); [] without one."""
+    rows = list(c.execute("SELECT doc FROM provenance WHERE model=? AND version=?", (model, version)))
+    return (json.loads(rows[0][0]).get("drift") or []) if rows else []
+
+
+def drift_reports(c: Conn, model: str, version: str) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+    """(labels, tensors) of every device's latest drift summary of `version`."""
+    rows = c.execute(
+        "SELECT d.labels, x.tensors FROM device_drift x JOIN devices d ON d.id = x.device"
+        " WHERE x.model=? AND x.version=? ORDER BY x.device",
+        (model, version),
+    )
+    return [(json.loads(labels or "{}"), json.loads(tensors)) for labels, tensors in rows]
+
+
+def drift_versions(c: Conn, model: str) -> list[str]:
+    rows = c.execute("SELECT DISTINCT version FROM device_drift WHERE model=? ORDER BY version", (model,))
+    return [r[0] for r in rows]
+
+
+def rollout_drift(
+    c: Conn, rid: str, model: str, version: str, max_wave: int | None = None, wave: int | None = None
+) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+    """(labels, tensors) of the rollout's members (up to `max_wave`, or of `wave`) whose summary
+    of `version` was reported after the manifest was sent (an older one is of an earlier install)."""
+    sql = (
+        "SELECT d.labels, x.tensors FROM rollout_devices rd JOIN devices d ON d.id = rd.device"
+        " JOIN device_drift x ON x.device = rd.device AND x.model=? AND x.version=?"
+        " AND x.updated >= rd.sent_at WHERE rd.rollout=? AND rd.sequence IS NOT NULL"
+    )
+    args: list[Any] = [model, version, rid]
+    if max_wave is not None:
+        sql += " AND rd.wave<=?"
+        args.append(max_wave)
+    if wave is not None:
+        sql += " AND rd.wave=?"
+        args.append(wave)
+    return [(json.loads(labels or "{}"), json.loads(tensors)) for labels, tensors in c.execute(sql, args)]
+
+
+def rollout_drift_psi(
+    c: Conn, rid: str, model: str, version: str, max_wave: int | None = None, wave: int | None = None
+) -> float | None:
+    """The drift_psi gate's value (fleet.gates): the worst PSI of the members' cohorts."""
+    baseline = drift_baseline(c, model, version)
+    if not baseline:
+        return None
+    return drift.max_psi(drift.by_cohort(baseline, rollout_drift(c, rid, model, version, max_wave, wave)))
 
 
 def parse_selector(text: str | None) -> dict[str, str]:
@@ -128,3 +204,16 @@ class DeviceRegistry:
         if selector:
             rows = [d for d in rows if all(d["labels"].get(k) == v for k, v in selector.items())]
         return rows
+
+    def drift(self, model: str, version: str | None = None, by: str = drift.GATE_LABEL) -> dict[str, Any]:
+        """`edgekit fleet drift`: per version (`version`, else every version devices reported),
+        the score rows of each cohort of devices grouped by label `by` (fleet.drift)."""
+        with self.db.lock:
+            c = self.db.conn
+            versions = [version] if version else drift_versions(c, model)
+            out = []
+            for v in versions:
+                baseline = drift_baseline(c, model, v)
+                rows = drift.by_cohort(baseline, drift_reports(c, model, v), by)
+                out.append({"version": v, "baseline": bool(baseline), "rows": rows})
+        return {"model": model, "by": by, "min_rows": drift.MIN_ROWS, "versions": out}

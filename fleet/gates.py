@@ -10,6 +10,9 @@ fleet.devices), purely; fleet.decide compares them with the gates, fleet.rollout
   devices still running the previous version.
 - error_rate, fallback_rate: errors / requests and fallbacks / requests, summed over devices.
 - smoke_failure_rate: devices that failed the on-device smoke test / devices sent the manifest.
+- drift_psi: the worst PSI of what the members served on the new version against the release's
+  drift baseline, their cohorts grouped by the `site` label (fleet.drift; read by
+  fleet.devices.rollout_drift_psi and passed in here).
 
 A metric with no data (no request reported on the new version yet) is None and breaches nothing.
 """
@@ -24,13 +27,14 @@ from dataclasses import dataclass
 
 from fleet.errors import FleetError
 
-LATENCY_P95_RATIO, ERROR_RATE, FALLBACK_RATE, SMOKE_FAILURE_RATE = (
+LATENCY_P95_RATIO, ERROR_RATE, FALLBACK_RATE, SMOKE_FAILURE_RATE, DRIFT_PSI = (
     "latency_p95_ratio",
     "error_rate",
     "fallback_rate",
     "smoke_failure_rate",
+    "drift_psi",
 )
-METRICS = (LATENCY_P95_RATIO, ERROR_RATE, FALLBACK_RATE, SMOKE_FAILURE_RATE)
+METRICS = (LATENCY_P95_RATIO, ERROR_RATE, FALLBACK_RATE, SMOKE_FAILURE_RATE, DRIFT_PSI)
 PAUSE, ABORT = "pause", "abort"
 ON_BREACH = (PAUSE, ABORT)
 MAX_GATES = 16
@@ -58,17 +62,18 @@ class Gate:
         return value is None or _OPS[self.op](value, self.threshold)
 
 
-def parse_gate(text: str) -> Gate:
-    """'latency_p95_ratio<=1.2' -> Gate; FleetError with a one-line reason otherwise."""
+def parse_gate(text: str, metrics: tuple[str, ...] = METRICS, kind: str = "gate") -> Gate:
+    """'latency_p95_ratio<=1.2' -> Gate; FleetError with a one-line reason otherwise. Other
+    `METRIC OP VALUE` rules (fleet.shadow's promotion rule) pass their own metrics and name."""
     m = _GATE.match(text if isinstance(text, str) else "")
     if not m:
         raise FleetError(
-            f"invalid gate {str(text)[:80]!r}",
-            hint="write METRIC<=VALUE (or >=, <, >), e.g. error_rate<=0.01",
+            f"invalid {kind} {str(text)[:80]!r}",
+            hint=f"write METRIC<=VALUE (or >=, <, >), METRIC one of {', '.join(metrics)}",
         )
     metric, op, value = m.group(1), m.group(2), float(m.group(3))
-    if metric not in METRICS:
-        raise FleetError(f"unknown gate metric {metric!r}", hint=f"one of {', '.join(METRICS)}")
+    if metric not in metrics:
+        raise FleetError(f"unknown {kind} metric {metric!r}", hint=f"one of {', '.join(metrics)}")
     return Gate(metric, op, value)
 
 
@@ -112,10 +117,13 @@ def fleet_baseline(reports: Iterable[tuple[str, float]]) -> dict[str, float]:
     return {v: statistics.median(ps) for v, ps in by.items()}
 
 
-def metrics(members: Iterable[MemberHealth], baseline: Mapping[str, float]) -> dict[str, float | None]:
+def metrics(
+    members: Iterable[MemberHealth], baseline: Mapping[str, float], drift_psi: float | None = None
+) -> dict[str, float | None]:
     """Every gate metric over `members`. Their reports are of the new version, made after its
     manifest was sent (fleet.repository.member_health): a device rolled back since keeps its
-    last one, so an aborted wave still shows what it was judged by."""
+    last one, so an aborted wave still shows what it was judged by. `drift_psi` is computed
+    from the same members' drift reports (fleet.devices.rollout_drift_psi)."""
     requests = errors = fallbacks = sent = smoke = 0
     ratios: list[float] = []
     for m in members:
@@ -130,4 +138,5 @@ def metrics(members: Iterable[MemberHealth], baseline: Mapping[str, float]) -> d
         ERROR_RATE: errors / requests if requests else None,
         FALLBACK_RATE: fallbacks / requests if requests else None,
         SMOKE_FAILURE_RATE: smoke / sent if sent else None,
+        DRIFT_PSI: drift_psi,
     }

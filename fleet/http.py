@@ -123,6 +123,10 @@ def admin_app(server: FleetServer) -> Starlette:
     def models(_r: Request, _b: dict) -> Any:
         return server.registry.list()
 
+    def drift(r: Request, _b: dict) -> Any:  # `edgekit fleet drift`
+        q = r.query_params
+        return server.devices.drift(r.path_params["model"], q.get("version") or None, q.get("by") or "site")
+
     def rollouts(_r: Request, _b: dict) -> Any:
         return server.engine.list()
 
@@ -140,6 +144,9 @@ def admin_app(server: FleetServer) -> Starlette:
             req.gates,
             req.bake,
             req.on_breach,
+            shadow=req.shadow,
+            promote=req.promote,
+            min_shadow_requests=req.min_shadow_requests,
         )
         server.kick()
         return server.engine.status(rid)
@@ -171,6 +178,7 @@ def admin_app(server: FleetServer) -> Starlette:
             Route("/metrics", metrics),  # open, as scrapers expect: counts only, no ids
             Route("/api/devices", guard(devices)),
             Route("/api/models", guard(models)),
+            Route("/api/drift/{model}", guard(drift)),
             Route("/api/rollouts", guard(rollouts), methods=["GET"]),
             Route("/api/rollouts", guard(start), methods=["POST"]),
             Route("/api/rollouts/{rid}", guard(status)),

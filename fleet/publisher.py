@@ -36,8 +36,8 @@ _PROBE = "probe"  # a valid device id the template is validated with
 class ManifestBatch:
     """Signed manifests of one release for many devices, all issued at the same instant."""
 
-    def __init__(self, pub: Publisher, release: dict[str, Any], rollout: str | None):
-        self.pub, self.release, self.rollout = pub, release, rollout
+    def __init__(self, pub: Publisher, release: dict[str, Any], rollout: str | None, mode: str = "active"):
+        self.pub, self.release, self.rollout, self.mode = pub, release, rollout, mode
         self.now = utcnow()
         probe = self._reference_signed(_PROBE, 1)  # validated with the agents' own rules
         self._keys = sorted(probe)
@@ -58,6 +58,7 @@ class ManifestBatch:
             provenance=r.get("provenance"),
             channel=p.channel,
             rollout=self.rollout,
+            mode=self.mode,
             expires_in=p.ttl,
             now=self.now,
         )
@@ -100,8 +101,9 @@ class Publisher:
     def db(self) -> Database:
         return self.desired.db
 
-    def batch(self, release: dict[str, Any], rollout: str | None) -> ManifestBatch:
-        return ManifestBatch(self, release, rollout)
+    def batch(self, release: dict[str, Any], rollout: str | None, mode: str = "active") -> ManifestBatch:
+        """Manifests of `release`; mode "shadow" installs it beside the active version (issue 13)."""
+        return ManifestBatch(self, release, rollout, mode)
 
     def manifest(self, device: str, release: dict[str, Any], sequence: int, rollout: str | None) -> bytes:
         return self.batch(release, rollout).sign(device, sequence)

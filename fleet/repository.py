@@ -19,6 +19,7 @@ from edgekit.protocol import MAX_SEQUENCE
 from fleet import decide
 from fleet.dialect import Conn, Row
 from fleet.gates import ABORT, Gate, MemberHealth, parse_gates
+from fleet.shadow import Stats, parse_rule
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -45,6 +46,9 @@ class RolloutRow:
     bake: float = 0.0
     on_breach: str = ABORT
     bake_started: float | None = None
+    shadow: bool = False  # waves send shadow manifests; devices are promoted by `promote`
+    promote: tuple[Gate, ...] = ()  # fleet.shadow's promotion rule
+    min_shadow_requests: int = 0
 
     def view(self, max_pause: float) -> decide.Rollout:
         """What fleet.decide needs of it."""
@@ -106,6 +110,9 @@ def _rollout(r: Row) -> RolloutRow:
         r["bake"],
         r["on_breach"],
         r["bake_started"],
+        bool(r["shadow"]),
+        parse_rule(json.loads(r["promote"])),
+        r["min_shadow_requests"],
     )
 
 
@@ -171,8 +178,8 @@ def rollout_ids(c: Conn) -> list[str]:
 def insert_rollout(c: Conn, r: RolloutRow, now: float) -> None:
     c.execute(
         "INSERT INTO rollouts (id, model, version, selector, waves, success_threshold,"
-        " max_failure_rate, device_timeout, state, wave, created, updated, gates, bake, on_breach)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " max_failure_rate, device_timeout, state, wave, created, updated, gates, bake, on_breach,"
+        " shadow, promote, min_shadow_requests) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             r.id,
             r.model,
@@ -189,6 +196,9 @@ def insert_rollout(c: Conn, r: RolloutRow, now: float) -> None:
             json.dumps([str(g) for g in r.gates]),
             r.bake,
             r.on_breach,
+            int(r.shadow),  # an INTEGER column on both backends (PostgreSQL refuses a boolean)
+            json.dumps([str(g) for g in r.promote]),
+            r.min_shadow_requests,
         ),
     )
 
@@ -307,12 +317,16 @@ def members_in_wave(c: Conn, rid: str, wave: int, state: str) -> list[Member]:
     return [Member(*r) for r in rows]
 
 
-def sent_members(c: Conn, rid: str) -> list[Sent]:
+def sent_members(c: Conn, rid: str, states: Sequence[str] | None = None) -> list[Sent]:
+    """Members of `rid` that were sent its manifest (those in `states`, when given)."""
+    where, args = "", [rid]
+    if states is not None:
+        where, args = f" AND rd.state IN ({_marks(states)})", [rid, *states]
     rows = c.execute(
         "SELECT rd.device, rd.prev_model, rd.prev_version, d.issued_sequence, d.sequence"
         " FROM rollout_devices rd JOIN devices d ON d.id = rd.device"
-        " WHERE rd.rollout=? AND rd.sequence IS NOT NULL ORDER BY rd.position",
-        (rid,),
+        f" WHERE rd.rollout=? AND rd.sequence IS NOT NULL{where} ORDER BY rd.position",
+        args,
     )
     return [Sent(*r) for r in rows]
 
@@ -375,13 +389,97 @@ def member_states(c: Conn, rid: str) -> dict[str, str]:
 
 def members_for_status(c: Conn, device: str, sequence: int | None, rollout: str | None) -> list[Row]:
     """The memberships a status report is about: by the sequence it reports (the manifest or the
-    rollback), or by rollout id when it reports none."""
-    sql = "SELECT rollout, device, state, rollback_sequence FROM rollout_devices WHERE device=?"
+    rollback), or by rollout id when it reports none; with whether that rollout is a shadow one."""
+    sql = (
+        "SELECT rd.rollout, rd.device, rd.state, rd.rollback_sequence, r.shadow FROM rollout_devices rd"
+        " JOIN rollouts r ON r.id = rd.rollout WHERE rd.device=?"
+    )
     if sequence is None:
-        return c.execute(sql + " AND rollout=?", (device, rollout)).fetchall()
+        return c.execute(sql + " AND rd.rollout=?", (device, rollout)).fetchall()
     return c.execute(
-        sql + " AND (sequence=? OR rollback_sequence=?)", (device, sequence, sequence)
+        sql + " AND (rd.sequence=? OR rd.rollback_sequence=?)", (device, sequence, sequence)
     ).fetchall()
+
+
+# ---- shadow canary ---------------------------------------------------------------------------
+SHADOW_COLUMNS = "shadow_requests, top1_agreement, cosine_mean, max_abs, latency_ratio"
+
+
+def record_shadow_stats(
+    c: Conn,
+    device: str,
+    stats: Iterable[tuple[str, str, Stats]],
+    member_state: str,
+    open_states: Sequence[str],
+    now: float,
+) -> None:
+    """(model, version, stats) a device reports: kept on its membership of the open shadow
+    rollout of that version while it is shadowing it (later reports, after promotion or a
+    rollback, leave the evidence it was judged by as it was)."""
+    c.executemany(
+        "UPDATE rollout_devices SET shadow_requests=?, top1_agreement=?, cosine_mean=?, max_abs=?,"
+        " latency_ratio=?, shadow_updated=? WHERE device=? AND state=? AND rollout IN"
+        " (SELECT id FROM rollouts WHERE model=? AND version=? AND shadow=1"
+        f" AND state IN ({_marks(open_states)}))",
+        (
+            (
+                s.requests,
+                s.top1_agreement,
+                s.cosine_mean,
+                s.max_abs,
+                s.latency_ratio,
+                now,
+                device,
+                member_state,
+                model,
+                version,
+                *open_states,
+            )
+            for model, version, s in stats
+        ),
+    )
+
+
+def shadow_stats(c: Conn, rid: str, state: str) -> list[tuple[str, Stats | None]]:
+    """(device, its latest stats or None) of every member of `rid` in `state`, in wave order."""
+    rows = c.execute(
+        f"SELECT device, shadow_updated, {SHADOW_COLUMNS} FROM rollout_devices"
+        " WHERE rollout=? AND state=? ORDER BY position",
+        (rid, state),
+    )
+    return [(r[0], None if r[1] is None else Stats(r[2] or 0, r[3], r[4], r[5], r[6])) for r in rows]
+
+
+def claim_members(c: Conn, rid: str, devices: Sequence[str], old: str, new: str, now: float) -> list[str]:
+    """Compare-and-set per member: those of `devices` still in `old` move to `new`; returns them."""
+    rows = c.execute(
+        f"UPDATE rollout_devices SET state=?, updated=? WHERE rollout=? AND state=? AND device {c.dialect.in_list}"
+        " RETURNING device",
+        (new, now, rid, old, c.dialect.list_param(devices)),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def mark_promoted(c: Conn, rid: str, sent: Iterable[tuple[str, int]], now: float) -> None:
+    """(device, sequence) of the active manifests just queued: the member's manifest is now that
+    one (its `active` report matches it; timeouts and health reports count from now)."""
+    c.executemany(
+        "UPDATE rollout_devices SET sequence=?, sent_at=?, updated=? WHERE rollout=? AND device=?",
+        ((seq, now, now, rid, d) for d, seq in sent),
+    )
+
+
+def shadow_summary(
+    c: Conn, rid: str, shadowing: str, promoted: Sequence[str]
+) -> dict[int, tuple[int, int, float | None]]:
+    """Per wave: (members shadowing, members promoted, the lowest top-1 agreement reported)."""
+    rows = c.execute(
+        "SELECT wave, SUM(CASE WHEN state=? THEN 1 ELSE 0 END),"
+        f" SUM(CASE WHEN state IN ({_marks(promoted)}) THEN 1 ELSE 0 END), MIN(top1_agreement)"
+        " FROM rollout_devices WHERE rollout=? GROUP BY wave",
+        (shadowing, *promoted, rid),
+    )
+    return {r[0]: (int(r[1] or 0), int(r[2] or 0), r[3]) for r in rows}
 
 
 # ---- desired-state shadow and outbox ------------------------------------------------------

@@ -23,6 +23,12 @@ Rules (docs/fleet.md has the operator's view):
   their heartbeats' health reports, are judged against each gate whenever the rollout runs; a
   breach aborts (and rolls back) or pauses, per `on_breach`. With gates or a `bake` time, a wave
   that met its success rule advances (or completes) only after `bake` seconds without a breach.
+- Shadow canary (fleet.shadow, optional): waves send manifests with mode "shadow" (installed
+  beside the active version, never serving); a member that reports `shadow` is shadowing and
+  counts as waiting. Its heartbeats' shadow stats are judged against the promotion rule: once it
+  holds over `min_shadow_requests` requests the device is sent an active manifest of the same
+  artifacts (new sequence) and is active when it reports so; any device breaching the rule
+  aborts the rollout and rolls every device back, so no device activates a worse model.
 - Cancel stops dispatching without rolling back. A rollout paused longer than `max_pause`
   is cancelled, so every rollout ends: completed, aborted or cancelled.
 
@@ -59,15 +65,18 @@ from fleet.decide import (
     Pause,
     StartBake,
     decide,
+    shadow_member_state,
     timeout_cutoff,
 )
 from fleet.deltas import attach as attach_deltas
-from fleet.devices import DeviceRegistry
+from fleet.devices import DeviceRegistry, rollout_drift_psi
 from fleet.errors import FleetError, NotFoundError
-from fleet.gates import ABORT, ON_BREACH, Gate, fleet_baseline, metrics, parse_gates
+from fleet.gates import ABORT, DRIFT_PSI, ON_BREACH, Gate, fleet_baseline, metrics, parse_gates
 from fleet.publisher import ManifestBatch, Publisher
 from fleet.registry import Registry
 from fleet.repository import Conn, RolloutRow
+from fleet.shadow import Stats, judge, parse_rule
+from fleet.shadow import check as check_shadow
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +92,18 @@ ROLLING_BACK, ROLLED_BACK, ROLLBACK_FAILED, NO_ROLLBACK, SKIPPED, REFUSED = (
     "skipped",
     "refused",
 )
-# Why a device was refused at dispatch (rollout_devices.reason).
+# a shadow rollout's members: shadowing (installed beside the active version, being compared),
+# then promoting (sent the active manifest of the same artifacts)
+SHADOWING, PROMOTING = "shadow", "promoting"
+# Why a device was refused at dispatch (rollout_devices.reason), or failed a shadow rollout.
 INVALID_DEVICE_ID, SEQUENCE_EXHAUSTED = "invalid_device_id", "sequence_exhausted"
-_WAITING = (SENT, *sorted(IN_PROGRESS))
+ACTIVATED_SHADOW = "activated_shadow"  # an agent that ignores the mode activated a shadow manifest
+# Sent and not yet at an end: these time out `device_timeout` after their (latest) manifest.
+# A shadowing device has finished installing; how soon it has compared enough requests
+# depends on its traffic, so it waits without a deadline (abort or cancel end it).
+_TIMED = (SENT, *sorted(IN_PROGRESS), PROMOTING)
+_WAITING = (*_TIMED, SHADOWING)
+_UNPROMOTED = (SENT, *sorted(IN_PROGRESS), SHADOWING)  # what cancelling a shadow rollout rolls back
 _DONE = (ACTIVE, FAILED, TIMED_OUT)
 COUNT_KEYS = (
     "pending",
@@ -133,6 +151,16 @@ def dispatch_refusal(device: str, sequence: int | None) -> str | None:
     if sequence is None:
         return SEQUENCE_EXHAUSTED
     return None
+
+
+def _drift_gated(r: RolloutRow) -> bool:
+    """Drift scores are read only for a rollout that has a drift gate (they cost a query)."""
+    return any(g.metric == DRIFT_PSI for g in r.gates)
+
+
+def _mode(shadow: bool) -> str:
+    """The manifest mode a rollout's waves send."""
+    return "shadow" if shadow else "active"
 
 
 def _count_bucket(state: str) -> str:
@@ -186,9 +214,17 @@ class RolloutEngine:
         gates: list[str] | tuple[Gate, ...] = (),
         bake: float = 0.0,
         on_breach: str = ABORT,
+        shadow: bool = False,
+        promote: list[str] | tuple[Gate, ...] = (),
+        min_shadow_requests: int = 200,
     ) -> str:
         waves = waves or [100.0]
         parsed = parse_gates(str(g) for g in gates)  # FleetError naming the bad one
+        rule = parse_rule(str(g) for g in promote)
+        if shadow:
+            check_shadow(rule, min_shadow_requests)
+        elif rule:
+            raise FleetError("--promote needs --shadow", hint="a promotion rule judges a shadow rollout")
         if not 0 <= bake <= 30 * 86400:
             raise FleetError("--bake must be between 0 and 30 days")
         if on_breach not in ON_BREACH:
@@ -211,7 +247,7 @@ class RolloutEngine:
         order = sorted(targets, key=lambda d: hashlib.sha256(f"{rid}/{d}".encode()).hexdigest())
         bounds = wave_bounds(len(order), waves)
         members = [(dev, bisect.bisect_right(bounds, pos), pos) for pos, dev in enumerate(order)]
-        batch = self.publisher.batch(release, rid)
+        batch = self.publisher.batch(release, rid, _mode(shadow))
         presigned = self._presign(batch, [d for d, w, _p in members if w == 0])
         now = self.clock()
         r = RolloutRow(
@@ -232,6 +268,10 @@ class RolloutEngine:
             parsed,
             float(bake),
             on_breach,
+            None,
+            shadow,
+            rule if shadow else (),
+            int(min_shadow_requests) if shadow else 0,
         )
         with self.db.tx() as c:
             repo.insert_rollout(c, r, now)
@@ -270,21 +310,38 @@ class RolloutEngine:
             raise FleetError(f"rollout {rid} already ended ({self._read(rid).state})")
 
     def cancel(self, rid: str, reason: str = "cancelled by operator") -> None:
-        if not self._end(self._read(rid), CANCELLED, reason, self.clock(), expect=OPEN):
+        if not self._cancel(self._read(rid), reason, self.clock(), expect=OPEN):
             raise FleetError(f"rollout {rid} already ended ({self._read(rid).state})")
 
     # ---- events --------------------------------------------------------------------------
     def on_status(self, c: Conn, msg: Status, now: float) -> None:
         """Apply one device status to the open rollouts it belongs to (inside the caller's tx)."""
-        if msg.sequence is None and msg.rollout is None:
-            return
+        if msg.sequence is not None or msg.rollout is not None:
+            self._apply_status(c, msg, now)
+        if msg.shadow:  # after the state: a report that says "shadow" may carry the first stats
+            stats = [
+                (
+                    s.model,
+                    s.version,
+                    Stats(s.requests, s.top1_agreement, s.cosine_mean, s.max_abs, s.latency_ratio),
+                )
+                for s in msg.shadow
+            ]
+            repo.record_shadow_stats(c, msg.device, stats, SHADOWING, OPEN, now)
+
+    def _apply_status(self, c: Conn, msg: Status, now: float) -> None:
         for rd in repo.members_for_status(c, msg.device, msg.sequence, msg.rollout):
-            new = None
+            new, why = None, msg.reason
             if rd["rollback_sequence"] is not None and msg.sequence == rd["rollback_sequence"]:
                 if msg.state == "active":
                     new = ROLLED_BACK
                 elif msg.state in ("failed", "rolled_back"):
                     new = ROLLBACK_FAILED
+            elif rd["shadow"]:
+                if rd["state"] in _WAITING:
+                    new = shadow_member_state(rd["state"], msg.state)
+                    if new == FAILED and msg.state == "active":
+                        why = ACTIVATED_SHADOW
             elif rd["state"] in _WAITING:
                 if msg.state == "active":
                     new = ACTIVE
@@ -293,12 +350,13 @@ class RolloutEngine:
                 elif msg.state in IN_PROGRESS:
                     new = msg.state
             if new and new != rd["state"]:
-                repo.set_member_states(c, rd["rollout"], [(rd["device"], new, msg.reason)], now)
+                repo.set_member_states(c, rd["rollout"], [(rd["device"], new, why)], now)
 
     def tick(self) -> None:
         """Timeouts, then one decision per open rollout, carried out. Called often by the server loop."""
         now = self.clock()
         todo: list[tuple[RolloutRow, Decision]] = []
+        promotions: list[tuple[RolloutRow, list[str]]] = []
         check_timeouts = now - self._timeouts_checked >= self.timeout_check_s
         if check_timeouts:
             self._timeouts_checked = now
@@ -307,11 +365,16 @@ class RolloutEngine:
                 if check_timeouts:
                     cutoff = timeout_cutoff(now, r.device_timeout)
                     repo.replace_state(
-                        c, r.id, _WAITING, TIMED_OUT, now, sent_before=cutoff, reason="device timeout"
+                        c, r.id, _TIMED, TIMED_OUT, now, sent_before=cutoff, reason="device timeout"
                     )
-                d = decide(r.view(self.max_pause), self._counts(c, r), now, self._health(c, r))
+                promote, breach = self._shadow(c, r)
+                d = decide(r.view(self.max_pause), self._counts(c, r), now, self._health(c, r), breach)
                 if d is not None:
                     todo.append((r, d))
+                if promote and not isinstance(d, Abort | Cancel | Pause):
+                    promotions.append((r, promote))
+        for r, devices in promotions:
+            self._promote(r, devices, now)
         for r, d in todo:
             self._carry_out(r, d, now)
 
@@ -343,16 +406,22 @@ class RolloutEngine:
         """The gate metrics of the waves dispatched so far (read only when the rollout has gates)."""
         if not r.gates or r.state != RUNNING:
             return None
-        return metrics(repo.member_health(c, r, r.wave), fleet_baseline(repo.fleet_p95(c, r.model)))
+        drift = rollout_drift_psi(c, r.id, r.model, r.version, max_wave=r.wave) if _drift_gated(r) else None
+        return metrics(repo.member_health(c, r, r.wave), fleet_baseline(repo.fleet_p95(c, r.model)), drift)
+
+    def _shadow(self, c: Conn, r: RolloutRow) -> tuple[list[str], str | None]:
+        """A running shadow rollout's devices to promote and its breach (fleet.shadow.judge)."""
+        if not r.shadow or r.state != RUNNING:
+            return [], None
+        return judge(r.promote, r.min_shadow_requests, repo.shadow_stats(c, r.id, SHADOWING))
 
     def _step(self, rid: str, now: float) -> None:
         with self.db.tx() as c:
             r = self._get(c, rid)
-            d = (
-                decide(r.view(self.max_pause), self._counts(c, r), now, self._health(c, r))
-                if r.state in OPEN
-                else None
-            )
+            d = None
+            if r.state in OPEN:
+                _promote, breach = self._shadow(c, r)  # promotions wait for the next tick
+                d = decide(r.view(self.max_pause), self._counts(c, r), now, self._health(c, r), breach)
         if d is not None:
             self._carry_out(r, d, now)
 
@@ -371,7 +440,15 @@ class RolloutEngine:
         elif isinstance(d, Complete):
             self._end(r, COMPLETED, d.reason, now, expect=(r.state,))
         elif isinstance(d, Cancel):
-            self._end(r, CANCELLED, d.reason, now, expect=(r.state,))
+            self._cancel(r, d.reason, now, expect=(r.state,))
+
+    def _cancel(self, r: RolloutRow, reason: str, now: float, expect: tuple[str, ...]) -> bool:
+        """End `r` without rolling back. A shadow rollout's devices not yet promoted would keep
+        comparing a shadow nobody will promote: they get their previous manifest back (which
+        drops the shadow); promoted devices keep the new version."""
+        if r.shadow:
+            return self._abort(r, reason, now, CANCELLED, expect, only=_UNPROMOTED)
+        return self._end(r, CANCELLED, reason, now, expect=expect)
 
     def _presign(self, batch: ManifestBatch, devices: list[str]) -> Presigned:
         """Sign, outside any transaction, with the sequences the devices will be assigned."""
@@ -395,10 +472,36 @@ class RolloutEngine:
             with self.db.tx() as c:
                 repo.move_wave(c, r.id, r.wave, len(r.waves) - 1, RUNNING, now)
             return
-        batch = self.publisher.batch(self._release(r.model, r.version), r.id)
+        batch = self.publisher.batch(self._release(r.model, r.version), r.id, _mode(r.shadow))
         presigned = self._presign(batch, [m.device for m in pending])
         with self.db.tx() as c:
             self._dispatch(c, r, wave, batch, presigned, now)
+
+    def _promote(self, r: RolloutRow, devices: list[str], now: float) -> None:
+        """Send each device whose shadow passed the rule the same release's manifest with mode
+        "active" and a new sequence: the agent activates the blob it holds (no second download)."""
+        batch = self.publisher.batch(self._release(r.model, r.version), r.id)
+        presigned = self._presign(batch, devices)
+        with self.db.tx() as c:
+            now_r = repo.get_rollout(c, r.id)
+            if now_r is None or now_r.state != RUNNING:  # paused or ended since it was judged
+                return
+            claimed = repo.claim_members(c, r.id, devices, SHADOWING, PROMOTING, now)
+            seqs = repo.assign_sequences(c, claimed)
+            failed = [(d, FAILED, SEQUENCE_EXHAUSTED) for d in claimed if d not in seqs]
+            payloads, sent = [], []
+            for d in claimed:
+                seq = seqs.get(d)
+                if seq is None:
+                    continue
+                pre = presigned.get(d)
+                payloads.append((d, pre[1] if pre is not None and pre[0] == seq else batch.sign(d, seq), seq))
+                sent.append((d, seq))
+            repo.set_member_states(c, r.id, failed, now)
+            repo.mark_promoted(c, r.id, sent, now)
+            self.publisher.store(c, payloads)
+        if sent:
+            log.info("rollout %s: %d devices promoted from shadow", r.id, len(sent))
 
     def _dispatch(
         self, c: Conn, r: RolloutRow, wave: int, batch: ManifestBatch, presigned: Presigned, now: float
@@ -429,9 +532,18 @@ class RolloutEngine:
         log.info("rollout %s: wave %d dispatched (%d devices)", r.id, wave + 1, len(sent))
         return True
 
-    def _abort(self, r: RolloutRow, reason: str, now: float) -> bool:
-        """End `r` as aborted and send every device that got its manifest a rollback (a new,
-        higher sequence for the version it ran before), or clear its desired state."""
+    def _abort(
+        self,
+        r: RolloutRow,
+        reason: str,
+        now: float,
+        end_state: str = ABORTED,
+        expect: tuple[str, ...] = OPEN,
+        only: tuple[str, ...] | None = None,
+    ) -> bool:
+        """End `r` as aborted (or `end_state`) and send every device that got its manifest (and
+        is in one of the `only` states, when given) a rollback (a new, higher sequence for the
+        version it ran before), or clear its desired state."""
         releases: dict[tuple[str, str], ManifestBatch | None] = {}
 
         def rollback_to(s: repo.Sent) -> ManifestBatch | None:
@@ -446,7 +558,7 @@ class RolloutEngine:
             return releases[key]
 
         with self.db.lock:
-            before = repo.sent_members(self.db.conn, r.id)
+            before = repo.sent_members(self.db.conn, r.id, only)
         presigned: Presigned = {}
         for s in before:
             b = rollback_to(s)
@@ -454,13 +566,13 @@ class RolloutEngine:
             if b is not None and seq is not None and dispatch_refusal(s.device, seq) is None:
                 presigned[s.device] = (seq, b.sign(s.device, seq))
         with self.db.tx() as c:
-            if not repo.change_state(c, r.id, ABORTED, now, OPEN, reason=reason, ended=True):
+            if not repo.change_state(c, r.id, end_state, now, expect, reason=reason, ended=True):
                 return False
             repo.replace_state(c, r.id, (PENDING,), SKIPPED, now)
             states: list[tuple[str, str, str | None]] = []
             rolling: list[repo.Sent] = []
             clears: list[str] = []
-            for s in repo.sent_members(c, r.id):  # again: a wave may have gone out meanwhile
+            for s in repo.sent_members(c, r.id, only):  # again: a wave may have gone out meanwhile
                 if not topics.valid_name(s.device):  # sent by a version that stored any id
                     states.append((s.device, ROLLBACK_FAILED, INVALID_DEVICE_ID))
                 elif rollback_to(s) is None:
@@ -484,7 +596,7 @@ class RolloutEngine:
             repo.set_member_states(c, r.id, states, now)
             repo.mark_rolling_back(c, r.id, marked, ROLLING_BACK, now)
             self.publisher.store(c, payloads)
-        log.warning("rollout %s aborted: %s", r.id, reason)
+        log.warning("rollout %s %s: %s", r.id, end_state, reason)
         return True
 
     def _end(self, r: RolloutRow, state: str, reason: str, now: float, expect: tuple[str, ...]) -> bool:
@@ -502,13 +614,23 @@ class RolloutEngine:
             counts = repo.state_counts(self.db.conn, rid)  # one snapshot: no tx is open under the lock
             health = repo.member_health(self.db.conn, r) if r.gates else []
             baseline = fleet_baseline(repo.fleet_p95(self.db.conn, r.model)) if r.gates else {}
+            drift = [
+                rollout_drift_psi(self.db.conn, r.id, r.model, r.version, wave=i) if _drift_gated(r) else None
+                for i in range(len(r.waves))
+            ]
+            shadow = (
+                repo.shadow_summary(self.db.conn, rid, SHADOWING, (PROMOTING, ACTIVE)) if r.shadow else {}
+            )
         per_wave = [
             {"wave": i + 1, "percent": p, "devices": 0, **dict.fromkeys(COUNT_KEYS, 0)}
             for i, p in enumerate(r.waves)
         ]
         for i, w in enumerate(per_wave):
             if r.gates:  # each wave's own devices; the decision judges all dispatched so far
-                w["gates"] = metrics([m for m in health if m.wave == i], baseline)
+                w["gates"] = metrics([m for m in health if m.wave == i], baseline, drift[i])
+            if r.shadow:  # shadowing and promoting are also among "downloading" (waiting)
+                shadowing, promoted, worst = shadow.get(i, (0, 0, None))
+                w.update(shadowing=shadowing, promoted=promoted, worst_agreement=worst)
         for wave, state, n in counts:
             w = per_wave[wave]
             w["devices"] += n
@@ -531,6 +653,9 @@ class RolloutEngine:
             "bake": r.bake,
             "on_breach": r.on_breach,
             "bake_started": r.bake_started,
+            "shadow": r.shadow,
+            "promote": [str(g) for g in r.promote],
+            "min_shadow_requests": r.min_shadow_requests,
             "created": r.created,
             "ended": r.ended,
         }

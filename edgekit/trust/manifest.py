@@ -7,6 +7,7 @@ signed = {
   "model_card": {... ModelCard.to_dict() ...},
   "smoke_test": {... see edgekit.trust.smoke ...} or null,
   "provenance": {... see edgekit.provenance ...}      (optional: the conversion report)
+  "mode": "shadow"                                    (optional: absent means "active")
   "issued_at": "2026-..Z", "expires_at": "2026-..Z"
 }
 Typed, bounded and forward compatible: edgekit.trust.manifest_schema.
@@ -92,6 +93,7 @@ class Manifest:
     device = property(lambda self: self.body.device)
     channel = property(lambda self: self.body.channel)
     rollout = property(lambda self: self.body.rollout)
+    mode = property(lambda self: self.body.mode)
     model = property(lambda self: self.body.model)
     version = property(lambda self: self.body.version)
     sequence = property(lambda self: self.body.sequence)
@@ -145,6 +147,7 @@ def build_manifest(
     provenance: dict[str, Any] | None = None,
     channel: str = "stable",
     rollout: str | None = None,
+    mode: str = "active",
     expires_in: timedelta = timedelta(days=7),
     now: datetime | None = None,
 ) -> dict[str, Any]:
@@ -152,7 +155,8 @@ def build_manifest(
 
     Validated with the agents' own rules (VerificationError otherwise), so the fleet never
     signs a manifest its devices would refuse as malformed. `provenance` and an artifact's
-    `delta` are left out when absent (None)."""
+    `delta` are left out when absent (None), `mode` when "active": such manifests stay
+    byte-identical to what agents that predate the fields verify."""
     now = now or utcnow()
     signed = {
         "_type": "manifest",
@@ -171,6 +175,8 @@ def build_manifest(
     }
     if provenance is not None:
         signed["provenance"] = provenance
+    if mode != "active":
+        signed["mode"] = mode
     parse_manifest_body(signed)
     return signed
 

@@ -13,6 +13,8 @@ add some). Validated and bounded:
 - the optional `provenance` (the conversion report, see edgekit.provenance) has at most one row
   per artifact, bounded text, finite numbers; its rows must name the same sha256 and size as the
   artifacts they describe (checked in edgekit.trust.manifest: `provenance_mismatch`);
+- the optional `mode` is "active" (absent means active) or "shadow": a shadow release is
+  installed beside the active version and compared with it on mirrored requests, never served;
 - the smoke test's tensors have a known numeric dtype, at most 32 dims, and exactly the bytes
   their shape needs, so decoding them on the device cannot fail.
 """
@@ -172,6 +174,32 @@ class ProvenanceRow(BaseModel):
     latency_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
 
+# Drift baseline (edgekit.drift): what the conversion's calibration inputs and reference outputs
+# looked like, per tensor, so devices histogram what they serve in the same bins (PSI needs them).
+MAX_DRIFT_TENSORS = 16  # inputs and outputs of one model
+MAX_DRIFT_BINS = 16  # value and confidence histograms
+MAX_DRIFT_CLASSES = 32  # class histogram; higher class indices share the last bin
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class DriftBaseline(BaseModel):
+    """One tensor's baseline: the per-row mean's count, mean, std and histogram (as fractions)
+    over `edges` (inner bin edges, open-ended outer bins); for a classifier's output, the
+    class and top-1 confidence histograms too."""
+
+    model_config = WIRE
+    name: Label
+    io: Literal["input", "output"]
+    count: Annotated[int, Field(ge=0, le=2**53)]
+    mean: Finite
+    std: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    edges: list[Finite] = Field(default_factory=list, max_length=MAX_DRIFT_BINS - 1)
+    hist: list[Fraction] = Field(default_factory=list, max_length=MAX_DRIFT_BINS)
+    classes: list[Fraction] | None = Field(default=None, max_length=MAX_DRIFT_CLASSES)
+    conf: list[Fraction] | None = Field(default=None, max_length=MAX_DRIFT_BINS)
+
+
 class Provenance(BaseModel):
     """Where the release came from: the conversion report, cut to what a device can check."""
 
@@ -187,6 +215,11 @@ class Provenance(BaseModel):
     published_at: Timestamp | None = None
     toolchains: dict[SafeName, ToolchainInfo] = Field(default_factory=dict, max_length=MAX_TOOLCHAINS)
     artifacts: dict[SafeName, ProvenanceRow] = Field(default_factory=dict, max_length=MAX_ARTIFACTS)
+    drift: list[DriftBaseline] | None = Field(default=None, max_length=MAX_DRIFT_TENSORS)
+
+
+MODES = ("active", "shadow")
+Mode = Literal[MODES]  # type: ignore[valid-type]
 
 
 class ManifestBody(BaseModel):
@@ -202,6 +235,7 @@ class ManifestBody(BaseModel):
     model_card: dict[str, Any]
     smoke_test: SmokeTest | None = None
     provenance: Provenance | None = None
+    mode: Mode = "active"
     issued_at: Timestamp
     expires_at: Timestamp
 

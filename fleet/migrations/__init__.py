@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 # The newest revision under versions/ (tests check it is alembic's head): a database already
 # there opens without importing alembic.
-HEAD = "0004"
+HEAD = "0006"
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -26,6 +26,14 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(name=arg.name, dtype=_ORT_TYPES.get(arg.type, arg.type), shape=shape)
 
 
+# onnxruntime's pool threads spin (busy-wait) after each run for the next one by default. Between
+# requests that burns cores a server's HTTP thread, other processes and a hot swap's model load
+# need. Measured on a shared 2-core box (bench/agent.py --ab default,spin, 3 runs each): bare
+# MobileNetV2 session.run p50 8.8-10.2 ms parked vs 16.2-20.0 ms spinning, steady HTTP p99 about
+# 3x lower. The bench's A/B flips this.
+ALLOW_SPINNING = False
+
+
 class OnnxRuntime:
     name = "onnxruntime"
 
@@ -50,6 +58,9 @@ class OnnxRuntime:
                 opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         opts.enable_cpu_mem_arena = memory_arena
         opts.log_severity_level = 3
+        spin = "1" if ALLOW_SPINNING else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types for bad files

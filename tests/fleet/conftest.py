@@ -15,7 +15,14 @@ from tests.support.net import free_port, free_ports
 FLEET = "f1"
 
 # Suites that exercise the database run on both backends (`fleet_db`); the others on SQLite.
-DB_MODULES = {"test_rollouts", "test_outbox", "test_hardening", "test_ingest_rules", "test_restart"}
+DB_MODULES = {
+    "test_rollouts",
+    "test_outbox",
+    "test_hardening",
+    "test_ingest_rules",
+    "test_restart",
+    "test_shadow_rollout",
+}
 # Tests that write SQLite-only SQL themselves (a database as an older server left it) or open
 # fleet.db.Database directly; tests/fleet/test_postgres.py covers what they check on both.
 SQLITE_ONLY = {

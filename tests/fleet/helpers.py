@@ -3,8 +3,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fleet.credentials import open_store
+from tests.support.devices import DevicePool
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -31,3 +33,13 @@ def enroller(state_dir: Path) -> Callable[[str], str]:
         return passwords[device]
 
     return password
+
+
+def fleet_pool(fleet_env: dict[str, Any], **kw: Any) -> DevicePool:
+    """Simulated devices on the broker of the `fleet_env` fixture (tests/fleet/conftest.py),
+    trusting its fleet's root; `kw` goes to DevicePool (report_delay 0.05 s unless given)."""
+    srv = fleet_env["server"]
+    kw.setdefault("report_delay", 0.05)
+    return DevicePool(
+        srv.fleet, srv.keys.current_root(), "127.0.0.1", fleet_env["port"], fleet_env["password"], **kw
+    )

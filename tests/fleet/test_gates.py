@@ -14,8 +14,7 @@ from edgekit.protocol import Health, ProtocolError, Status, VersionHealth
 from fleet.decide import Abort, Advance, Complete, Counts, Pause, Rollout, StartBake, decide
 from fleet.errors import FleetError
 from fleet.gates import Gate, MemberHealth, fleet_baseline, metrics, parse_gate, parse_gates
-from tests.fleet.conftest import FLEET
-from tests.fleet.helpers import wait_for
+from tests.fleet.helpers import fleet_pool, wait_for
 from tests.support.convert_output import make_convert_output
 from tests.support.devices import DevicePool, SimDevice
 
@@ -216,16 +215,7 @@ def fleet(fleet_env: dict[str, Any], tmp) -> Iterator[tuple[Any, DevicePool]]:
     srv = fleet_env["server"]
     for i, v in enumerate(P95):
         srv.registry.publish(make_convert_output(tmp / v, scale=1.0 + i), "tiny", v)
-    pool = DevicePool(
-        FLEET,
-        srv.keys.current_root(),
-        "127.0.0.1",
-        fleet_env["port"],
-        fleet_env["password"],
-        report_delay=0.05,
-        heartbeat_s=0.2,
-        health=report,
-    )
+    pool = fleet_pool(fleet_env, heartbeat_s=0.2, health=report)
     for i in range(N):
         pool.add(f"dev-{i:03d}", {"all": "yes"})
     pool.connect_all()

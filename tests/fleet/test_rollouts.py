@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fleet.conftest import FLEET
-from tests.fleet.helpers import wait_for
+from tests.fleet.helpers import fleet_pool, wait_for
 from tests.support.convert_output import make_convert_output
 from tests.support.devices import DevicePool, SimDevice
 
@@ -29,14 +28,7 @@ def fleet(fleet_env: dict[str, Any], tmp) -> Iterator[tuple[Any, DevicePool]]:
     srv = fleet_env["server"]
     srv.registry.publish(make_convert_output(tmp / "v1", scale=1.0), "tiny", "1.0")
     srv.registry.publish(make_convert_output(tmp / "v2", scale=2.0), "tiny", "2.0")
-    pool = DevicePool(
-        FLEET,
-        srv.keys.current_root(),
-        "127.0.0.1",
-        fleet_env["port"],
-        fleet_env["password"],
-        report_delay=0.05,
-    )
+    pool = fleet_pool(fleet_env)
     yield srv, pool
     pool.stop()
 

@@ -8,6 +8,10 @@ Like the real agent, a byte-identical redelivery of the manifest it last accepte
 (counted in `duplicates`); every non-empty `desired` payload is kept in `payloads`.
 With `heartbeat_s`, every connected device re-sends its state like the agent's heartbeat, with
 the health object `health(device)` returns (what it served over its last window), if any.
+A manifest with mode "shadow" ends in state `shadow` (installed beside the active version, which
+keeps serving); while a device holds a shadow its heartbeat carries `shadow_stats(device)`
+(edgekit.protocol.ShadowStats), and an active manifest of the shadow's artifacts promotes it
+without a download (counted in `promotions`). Any other manifest drops the shadow.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgekit import topics
-from edgekit.protocol import Health, Online, Status, last_will
+from edgekit.protocol import Health, Online, ShadowStats, Status, VersionDrift, last_will
 from edgekit.trust import Manifest, ManifestVerifier, Root, VerificationError
 
 # behaviour(device, manifest) -> "ok" | "fail" | "silent"
 Behaviour = Callable[["SimDevice", Manifest], str]
 # health(device) -> what it reports in its heartbeat (None: no health object)
 HealthReport = Callable[["SimDevice"], Health | None]
+# shadow_stats(device) -> how its shadow compares with its active version (None: no report)
+ShadowReport = Callable[["SimDevice"], ShadowStats | None]
+# drift(device) -> what it served, per version (edgekit.protocol.VersionDrift; None: no field)
+DriftReport = Callable[["SimDevice"], list[VersionDrift] | None]
 
 
 def always_ok(_d: SimDevice, _m: Manifest) -> str:
@@ -57,6 +65,9 @@ class SimDevice:
     connected: bool = False
     received: int = 0
     sent: int = 0
+    shadow: Manifest | None = None  # the shadow manifest it holds beside the active version
+    promotions: int = 0  # shadows activated without a second download
+    knows_shadow: bool = True  # False: an agent that predates shadows (activates every manifest)
 
 
 class DevicePool:
@@ -71,12 +82,16 @@ class DevicePool:
         verify: bool = True,
         heartbeat_s: float = 0.0,
         health: HealthReport | None = None,
+        shadow_stats: ShadowReport | None = None,
+        drift: DriftReport | None = None,
     ):
         self.fleet, self.root, self.host, self.port = fleet, root, host, port
         self.password = password
         self.report_delay = report_delay
         self.verify = verify
         self.heartbeat_s, self.health = heartbeat_s, health
+        self.shadow_stats = shadow_stats
+        self.drift = drift
         self.devices: dict[str, SimDevice] = {}
         self.sel = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -212,8 +227,10 @@ class DevicePool:
         d.client.publish(topics.status(self.fleet, d.id), s.to_json(), qos=1)
 
     def _heartbeat(self, d: SimDevice) -> None:
-        """The current state again (the active manifest's, or idle), with the device's health."""
+        """The current state again (the active manifest's, or idle), with the device's health
+        and, while it holds a shadow, the shadow's stats."""
         m = d.active_manifest
+        stats = self.shadow_stats(d) if self.shadow_stats and d.shadow else None
         s = Status(
             device=d.id,
             state="active" if m else "idle",
@@ -223,6 +240,8 @@ class DevicePool:
             rollout=m.rollout if m else None,
             labels=d.labels,
             health=self.health(d) if self.health else None,
+            shadow=[stats] if stats else None,
+            drift=self.drift(d) if self.drift else None,
         )
         d.sent += 1
         assert d.client is not None
@@ -246,13 +265,23 @@ class DevicePool:
         d.verifier.accept(m)
         d.accepted = bytes(msg.payload)
         d.manifests.append(m)
+        shadow, d.shadow = d.shadow, None  # any newer manifest drops the shadow
+        mode = m.mode if d.knows_shadow else "active"
         outcome = d.behaviour(d, m)
         if outcome == "silent":
+            return
+        if outcome == "ok" and mode == "active" and shadow is not None and _same_blobs(m, shadow):
+            d.promotions += 1  # the promotion: activate the blob held, no download
+            d.model, d.version, d.active_at, d.active_manifest = m.model, m.version, time.monotonic(), m
+            self._status(d, "active", m)
             return
         self._status(d, "downloading", m)
 
         def finish() -> None:
-            if outcome == "ok":
+            if outcome == "ok" and mode == "shadow":
+                d.shadow = m
+                self._status(d, "shadow", m)
+            elif outcome == "ok":
                 d.model, d.version, d.active_at = m.model, m.version, time.monotonic()
                 d.active_manifest = m
                 self._status(d, "active", m)
@@ -263,3 +292,8 @@ class DevicePool:
             self.call_soon(finish, self.report_delay)
         else:
             finish()
+
+
+def _same_blobs(a: Manifest, b: Manifest) -> bool:
+    """Both manifests name the same artifacts (same sha256 per format)."""
+    return {k: v.sha256 for k, v in a.artifacts.items()} == {k: v.sha256 for k, v in b.artifacts.items()}
