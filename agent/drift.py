@@ -66,7 +66,7 @@ class _Tensor:
         width = r.shape[1]
         if width == 0:
             return
-        self._means.append(np.add.reduce(r, axis=1, dtype=np.float64) / width)
+        self._means.append(D.row_means(r))
         if self.class_bins and width >= 2:
             if self.probs is None:
                 self.probs = D.probabilities(r)

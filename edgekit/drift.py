@@ -19,6 +19,7 @@ of [0, 1]. Classes past MAX_DRIFT_CLASSES - 1 share the last bin.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -41,9 +42,29 @@ def rows(a: Any) -> np.ndarray:
     return a.reshape(a.shape[0], -1).astype(np.float64, copy=False)
 
 
-def row_means(a: Any) -> np.ndarray:
-    r = rows(a)
-    return r.mean(axis=1) if r.shape[1] else np.zeros(0)
+# A row wider than MEAN_BLOCKS * MEAN_BLOCK values is averaged over MEAN_BLOCKS evenly spaced
+# contiguous blocks of MEAN_BLOCK values instead of all of them. Why: the agent takes this mean on
+# every request, right after the model ran and evicted its caches; for a 224x224x3 image (600 KB)
+# the full pass cost 264 us there (55 us in a hot loop), the blocks (16 KB) 178 us (12 us).
+# What it sees: a shift of the whole input (brightness, contrast, a sensor offset) moves the block
+# mean as it moves the full mean; a change confined to the gaps between blocks is not seen.
+MEAN_BLOCKS, MEAN_BLOCK = 16, 256
+
+
+@functools.lru_cache(maxsize=64)
+def _block_index(width: int) -> np.ndarray:
+    starts = (np.arange(MEAN_BLOCKS) * (width - MEAN_BLOCK)) // (MEAN_BLOCKS - 1)
+    return (starts[:, None] + np.arange(MEAN_BLOCK)).ravel()
+
+
+def row_means(r: np.ndarray) -> np.ndarray:
+    """Each row's mean (float64) of a (rows, width) array; wide rows over MEAN_BLOCKS blocks.
+    Both sides (the conversion's baseline and the agent) reduce rows with this function."""
+    width = r.shape[1]
+    if width <= MEAN_BLOCKS * MEAN_BLOCK:
+        return np.add.reduce(r, axis=1, dtype=np.float64) / width
+    idx = _block_index(width)
+    return np.add.reduce(r[:, idx], axis=1, dtype=np.float64) / idx.size
 
 
 def probabilities(r: np.ndarray) -> bool:
@@ -111,7 +132,7 @@ def tensor_baseline(name: str, io: str, stack: np.ndarray, classifier: bool = Fa
     r = sample_rows(stack).astype(np.float64, copy=False)
     if r.shape[1] == 0:
         return None
-    means = r.mean(axis=1)
+    means = row_means(r)
     means = means[np.isfinite(means)]
     if means.size == 0:
         return None

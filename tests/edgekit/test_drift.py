@@ -83,6 +83,21 @@ def test_rows_and_histogram_bins() -> None:
     assert D.class_bins(100) == MAX_DRIFT_CLASSES
 
 
+def test_row_means_of_wide_rows_use_spread_blocks() -> None:
+    rng = np.random.default_rng(3)
+    narrow = rng.standard_normal((4, D.MEAN_BLOCKS * D.MEAN_BLOCK)).astype(np.float32)
+    np.testing.assert_allclose(D.row_means(narrow), narrow.astype(np.float64).mean(axis=1), rtol=1e-12)
+    wide = rng.uniform(0, 1, (2, 3 * 224 * 224)).astype(np.float32)  # an image per row
+    means = D.row_means(wide)
+    # 4,096 samples spread over the row: within 4 standard errors of the full mean
+    assert np.all(np.abs(means - wide.mean(axis=1)) < 4 * (1 / np.sqrt(12)) / np.sqrt(4096))
+    # a global shift (brightness) moves the block mean by exactly that much
+    np.testing.assert_allclose(D.row_means(wide + np.float32(0.25)) - means, 0.25, atol=1e-6)
+    # the first and the last values are inside a block: the blocks span the whole row
+    idx = D._block_index(wide.shape[1])
+    assert idx[0] == 0 and idx[-1] == wide.shape[1] - 1 and len(np.unique(idx)) == idx.size
+
+
 def test_baseline_is_deciles_and_bounded() -> None:
     xs = normal(1)
     base = D.baseline({"x": xs}, {"y": outputs_of(xs.reshape(-1, 8)).reshape(N, 1, 3)}, classifier=True)
