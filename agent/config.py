@@ -46,6 +46,9 @@ class AgentSection(Section):
     # version, and how many may wait for it (more are dropped, and counted)
     shadow_sample: float = Field(0.5, ge=0, le=1)
     shadow_queue: int = Field(4, ge=1, le=1024)
+    # drift telemetry (agent.drift): the share of wall time summarising served tensors may take;
+    # under load a sample of requests is summarised. 1: every request; 0: none
+    drift_share: float = Field(0.005, ge=0, le=1)
 
 
 class ServerSection(Section):

@@ -21,6 +21,7 @@ from agent.breaker import CircuitBreaker
 from agent.cloud import CloudClient
 from agent.config import file_problems, load_agent_config, read_root
 from agent.download_limits import DownloadLimits
+from agent.drift import DriftRecorder
 from agent.engine import Engine
 from agent.health_window import HealthWindow
 from agent.metrics import Metrics
@@ -63,6 +64,7 @@ class Agent:
             default_policy=fb.Policy.from_dict(cfg["fallback"]),
             metrics=self.metrics,
             batching=configs_from(cfg["models"]),
+            drift=DriftRecorder(float(a["drift_share"])),
         )
         # shadow versions, compared on a sampled share of answered requests (agent.shadow)
         self.shadows = ShadowMirror(self.registry, float(a["shadow_sample"]), int(a["shadow_queue"]))

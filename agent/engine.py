@@ -73,6 +73,7 @@ class Engine:
         default_policy: fb.Policy | None = None,
         metrics: Metrics | None = None,
         batching: dict[str, BatchingConfig] | None = None,
+        drift: DriftRecorder | None = None,
     ):
         self.registry = registry or ModelRegistry()
         self.cloud = cloud
@@ -81,7 +82,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.metrics.bind_models(self.registry.all)
         self.stats = Statistics()
-        self.drift = DriftRecorder()  # what was served, per version (heartbeat `drift`)
+        self.drift = drift or DriftRecorder()  # what was served, per version (heartbeat `drift`)
         # Only used for local deadlines: the waiting thread gives up, the worker finishes in the
         # background (a C++ session.run cannot be interrupted).
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="edgekit-local")

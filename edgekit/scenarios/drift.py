@@ -19,6 +19,7 @@ from edgekit.scenarios.harness import MODEL, AgentSpec, Harness, Traffic, check,
 
 ABOUT = "shifted inputs on one cohort raise its drift score; the drift gate pauses the rollout"
 NORTH, SOUTH = "north", "south"
+AGENT_CONFIG = {"agent": {"drift_share": 1.0}}  # summarise every request: the scenario counts rows
 AGENTS = [
     AgentSpec("cam-north-1", {"kind": "store-pc", "site": NORTH}),
     AgentSpec("cam-south-1", {"kind": "store-pc", "site": SOUTH}),

@@ -73,6 +73,7 @@ def test_heartbeat_carries_the_drift_summary_of_served_requests(tmp_path, files,
     fleet = Fleet(port, protocol=mqtt.MQTTv5)
     cfg = agent_config(tmp_path, keys, port, "5")
     cfg["agent"]["heartbeat_s"] = 0.3
+    cfg["agent"]["drift_share"] = 1.0  # every request: the test counts them (default: a sample under load)
     agent = Agent(cfg)
     agent.start()
     try:

@@ -118,7 +118,7 @@ def test_baseline_is_deciles_and_bounded() -> None:
 def test_same_distribution_is_stable_and_a_shift_is_flagged() -> None:
     xs = normal(1)
     base = D.baseline({"x": xs}, {"y": outputs_of(xs.reshape(-1, 8)).reshape(N, 1, 3)}, classifier=True)
-    same, shifted = DriftRecorder(), DriftRecorder()
+    same, shifted = DriftRecorder(share=1.0), DriftRecorder(share=1.0)
     serve(same, model(base), normal(2))
     serve(shifted, model(base), normal(3, shift=1.0))
 
@@ -164,7 +164,7 @@ def test_cohorts_are_pooled_and_small_ones_not_scored() -> None:
 
 # ---- bounds ---------------------------------------------------------------------------------------
 def test_report_fits_the_status_message_and_round_trips() -> None:
-    rec = DriftRecorder()
+    rec = DriftRecorder(share=1.0)
     base = D.baseline({"x": normal(1, n=200)}, {}, classifier=False)
     for v in range(20):  # more versions than a report carries
         serve(rec, model(base, version=str(v)), normal(v, n=8))
@@ -179,7 +179,7 @@ def test_report_fits_the_status_message_and_round_trips() -> None:
 
 
 def test_without_baseline_counts_but_no_histogram() -> None:
-    rec = DriftRecorder()
+    rec = DriftRecorder(share=1.0)
     serve(rec, model([]), normal(1, n=40))
     x, y = rec.report()[0]["tensors"]
     assert x["count"] == 40 and x["hist"] == [] and x["mean"] is not None
@@ -195,3 +195,29 @@ def test_provenance_carries_the_baseline_and_drops_one_that_does_not_fit() -> No
     assert any(line.startswith("drift baseline:") for line in provenance.lines(doc))
     bad = [{**base[0], "hist": [float("nan")] * 3}]
     assert "drift" not in provenance.from_report({"drift": bad}, {})
+
+
+def test_budget_earns_a_share_of_time_and_spends_what_summaries_cost() -> None:
+    from agent.drift import Budget
+
+    now = [0.0]
+    b = Budget(0.01, burst=0.005, clock=lambda: now[0])
+    assert b.allow()  # starts with a full burst
+    b.spend(0.006)  # one expensive summary overdraws it
+    assert not b.allow()
+    now[0] += 0.05  # 50 ms at 1% earns 0.5 ms: still 0.5 ms short
+    assert not b.allow()
+    now[0] += 0.1  # 1 ms more earned
+    assert b.allow()
+    now[0] += 1000.0  # an idle stretch saves up at most the burst
+    b.allow()
+    assert b.tokens == 0.005
+    assert Budget(1.0, clock=lambda: now[0]).allow() and not Budget(0.0, clock=lambda: now[0]).allow()
+
+
+def test_recorder_under_a_budget_summarises_a_sample_and_counts_the_rest() -> None:
+    m = model([])
+    r = DriftRecorder(share=0.0)
+    for _ in range(10):
+        r.observe_inputs(m, {"x": np.ones((2, 8), np.float32)})
+    assert r.report() is None and r.skipped == 10
