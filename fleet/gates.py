@@ -6,8 +6,9 @@ fleet.devices), purely; fleet.decide compares them with the gates, fleet.rollout
 
 - latency_p95_ratio: per device, the new version's p95 over the previous version's p95; the
   median over the devices (one noisy device does not decide). The previous p95 is the device's
-  own last report of that version (kept from before activation), else the median p95 of the
-  devices still running the previous version.
+  own last report of that version if it was made before the manifest was sent, else the median
+  p95 of the devices still running the previous version, else the device's own report made
+  during the update (its window shares the CPU with the download, load and smoke test).
 - error_rate, fallback_rate: errors / requests and fallbacks / requests, summed over devices.
 - smoke_failure_rate: devices that failed the on-device smoke test / devices sent the manifest.
 - drift_psi: the worst PSI of what the members served on the new version against the release's
@@ -107,6 +108,9 @@ class MemberHealth:
     fallbacks: int = 0
     p95_ms: float | None = None
     prev_p95_ms: float | None = None  # its own last report of prev_version
+    # that report was made after the manifest was sent: its window spans the download and the new
+    # version's loading and smoke test on the same CPU, so it overstates prev_version's p95
+    prev_after_send: bool = False
 
 
 def fleet_baseline(reports: Iterable[tuple[str, float]]) -> dict[str, float]:
@@ -130,7 +134,11 @@ def metrics(
         sent += 1
         smoke += m.reason == SMOKE_TEST
         requests, errors, fallbacks = requests + m.requests, errors + m.errors, fallbacks + m.fallbacks
-        prev = m.prev_p95_ms if m.prev_p95_ms is not None else baseline.get(m.prev_version or "")
+        # The device's own baseline when it predates the update, else the devices still running
+        # the previous version, else (nobody left on it) its own report from during the update.
+        own = m.prev_p95_ms
+        prev = own if own is not None and not m.prev_after_send else None
+        prev = prev or baseline.get(m.prev_version or "") or own
         if m.p95_ms is not None and prev:
             ratios.append(m.p95_ms / prev)
     return {

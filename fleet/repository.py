@@ -272,7 +272,7 @@ def member_health(c: Conn, r: RolloutRow, max_wave: int | None = None) -> list[M
     version it ran before."""
     sql = (
         "SELECT rd.wave, rd.state, rd.reason, rd.prev_version, h.requests, h.errors, h.fallbacks,"
-        " h.p95_ms, p.p95_ms FROM rollout_devices rd"
+        " h.p95_ms, p.p95_ms, p.updated > rd.sent_at FROM rollout_devices rd"
         " LEFT JOIN device_health h ON h.device = rd.device AND h.model=? AND h.version=?"
         " AND h.updated >= rd.sent_at"
         " LEFT JOIN device_health p ON p.device = rd.device AND p.model = rd.prev_model"
@@ -284,8 +284,8 @@ def member_health(c: Conn, r: RolloutRow, max_wave: int | None = None) -> list[M
         sql += " AND rd.wave<=?"
         args.append(max_wave)
     return [
-        MemberHealth(w, s, why, pv, rq or 0, er or 0, fb or 0, p95, prev)
-        for w, s, why, pv, rq, er, fb, p95, prev in c.execute(sql, args)
+        MemberHealth(w, s, why, pv, rq or 0, er or 0, fb or 0, p95, prev, bool(late))
+        for w, s, why, pv, rq, er, fb, p95, prev, late in c.execute(sql, args)
     ]
 
 

@@ -45,7 +45,8 @@ def base(cache: Path) -> Path:
 
 
 def slow(cache: Path) -> Path:
-    """Same predictions as base, ~50x the compute per request (models.slow_variant)."""
+    """Same predictions as base, ~10 ms more compute per request (models.slow_variant): well above
+    the p95 noise of a loaded box (4-5 ms measured for the base model), which 16 layers (~3 ms) were not."""
     return converted(models.slow_variant(models.SOURCE, cache / "sources" / "digits_slow.onnx"), cache)
 
 

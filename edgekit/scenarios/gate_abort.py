@@ -1,4 +1,4 @@
-"""gate-abort: 1.0.0 everywhere, then 2.0.0 (same predictions, ~50x the compute) rolled out in two
+"""gate-abort: 1.0.0 everywhere, then 2.0.0 (same predictions, ~20x the compute) rolled out in two
 waves with `latency_p95_ratio<=1.2`. Live traffic runs throughout, so every heartbeat carries a
 health window. Expected: the first wave's p95 breaches the gate, the rollout aborts, the second
 wave is skipped, and the devices that ran 2.0.0 are back on 1.0.0 (asked of the agents)."""

@@ -88,6 +88,17 @@ def test_metrics_from_member_reports() -> None:
     assert m["smoke_failure_rate"] == pytest.approx(1 / 6)
 
 
+def test_a_baseline_reported_during_the_update_yields_to_the_devices_still_on_the_old_version() -> None:
+    # Measured in a loaded run: the device's last 1.0 report, made while it downloaded and loaded
+    # 2.0, said 15.5 ms (0.8 ms before), which hid a 25x slower release behind a 1.25 ratio.
+    late = member(p95_ms=19.3, prev_p95_ms=15.5, prev_after_send=True)
+    assert metrics([late], fleet_baseline([("1.0", 0.8)]))["latency_p95_ratio"] == pytest.approx(19.3 / 0.8)
+    # nobody left on 1.0: its own report is still better than no baseline
+    assert metrics([late], {})["latency_p95_ratio"] == pytest.approx(19.3 / 15.5)
+    early = member(p95_ms=19.3, prev_p95_ms=0.9)  # made before the manifest was sent: its own wins
+    assert metrics([early], fleet_baseline([("1.0", 0.8)]))["latency_p95_ratio"] == pytest.approx(19.3 / 0.9)
+
+
 def test_metrics_without_data_are_unknown() -> None:
     m = metrics([member(state="sent")], {})
     assert m["latency_p95_ratio"] is None and m["error_rate"] is None and m["fallback_rate"] is None
