@@ -140,6 +140,17 @@ def tiny(path: Path) -> Path:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+def bench_models(prefix: str) -> tuple[Path, Path, Path, Path, np.ndarray, np.ndarray]:
+    """(dir, MobileNetV2-size model, a second one for hot swaps, tiny model, an input of each)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    mnet = mobilenet_v2(work / "mobilenet_v2.onnx")
+    mnet_b = mobilenet_v2(work / "mobilenet_v2_b.onnx", seed=1)
+    small = tiny(work / "tiny.onnx")
+    x_m = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    x_t = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    return work, mnet, mnet_b, small, x_m, x_t
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -600,12 +611,7 @@ def bench_ab(variants: list[str], rounds: int, quick: bool) -> dict[str, list[di
     """Each variant measured `rounds` times, alternating (the order reversed every other round),
     so load on the box hits every variant alike. Per run: figures 1 (MobileNetV2 in-process),
     2 (HTTP overhead, tiny model and MobileNetV2) and 3 (hot-swap p99 ratio)."""
-    work = Path(tempfile.mkdtemp(prefix="edgekit-bench-ab-"))
-    mnet = mobilenet_v2(work / "mobilenet_v2.onnx")
-    mnet_b = mobilenet_v2(work / "mobilenet_v2_b.onnx", seed=1)
-    small = tiny(work / "tiny.onnx")
-    x_m = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    x_t = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    _, mnet, mnet_b, small, x_m, x_t = bench_models("edgekit-bench-ab-")
     n = 50 if quick else 200
     defaults = {k: getattr(__import__(m, fromlist=[a]), a) for k, (m, a) in KNOBS.items()}
     out: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
@@ -683,12 +689,7 @@ def main() -> None:
     say = (lambda *a, **k: None) if args.json else print
     compile_bytecode()
     load_before = os.getloadavg()[0]
-    work = Path(tempfile.mkdtemp(prefix="edgekit-bench-"))
-    mnet = mobilenet_v2(work / "mobilenet_v2.onnx")
-    mnet_b = mobilenet_v2(work / "mobilenet_v2_b.onnx", seed=1)
-    small = tiny(work / "tiny.onnx")
-    x_m = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    x_t = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    work, mnet, mnet_b, small, x_m, x_t = bench_models("edgekit-bench-")
     say(f"edgekit agent bench (python {sys.version.split()[0]}, {os.cpu_count()} cpus); models in {work}")
     say(f"MobileNetV2-size model: {mnet.stat().st_size / 2**20:.1f} MB")
 
